@@ -112,22 +112,41 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict], fsync: bool = True) -> int:
     """Append records durably (one write, flushed and fsynced); returns how many were written.
-    Repairs a torn last line left by a killed writer before appending."""
+    First cuts off a torn last line left by a killed writer (that record was never complete)."""
     p = ensure_parent(path)
     text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
     if not text:
         return 0
-    if p.exists() and p.stat().st_size:
-        with open(p, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                text = "\n" + text
+    drop_torn_tail(p)
     with open(p, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         if fsync:
             os.fsync(f.fileno())
-    return text.count("\n") - (1 if text.startswith("\n") else 0)
+    return text.count("\n")
+
+
+def drop_torn_tail(path: str | os.PathLike) -> None:
+    """Truncate a file after its last newline (removes a half-written final line)."""
+    p = Path(path)
+    if not p.exists() or not p.stat().st_size:
+        return
+    with open(p, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            block = f.read(step)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                f.truncate(pos + i + 1)
+                return
+        f.truncate(0)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

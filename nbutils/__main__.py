@@ -1,0 +1,54 @@
+"""Command line: `python -m nbutils run ...` (the papermill runner) and `python -m nbutils provision-model`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m nbutils", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the notebooks 01 -> 05 with papermill")
+    run.add_argument("--profile", default="demo", choices=("demo", "full"))
+    run.add_argument("--data-dir", default="data", help="relative paths resolve against the project root")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                     help="inject a parameter into every notebook that has it; 'NN.key' targets one stage")
+    run.add_argument("--from", dest="start", help="start at this stage (e.g. 03 or generate)")
+    run.add_argument("--only", help="comma-separated stages to run (e.g. 04,05)")
+    run.add_argument("--run-dir", help="where executed notebooks go (default data_dir/runs/<time>-<profile>)")
+    run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+
+    prov = sub.add_parser("provision-model", help="convert the embedded SmolLM2 into a HF folder (offline)")
+    prov.add_argument("--data-dir", default="data")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "provision-model":
+        from .models import ModelNotAvailable, provision_embedded_model
+
+        try:
+            print(provision_embedded_model(args.data_dir))
+        except ModelNotAvailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from .runner import StageFailed, parse_value, run_pipeline
+
+    params = {k: parse_value(v) for k, v in args.parameter}
+    only = [s for s in (args.only or "").split(",") if s.strip()] or None
+    try:
+        run_pipeline(profile=args.profile, data_dir=args.data_dir, params=params, start=args.start, only=only,
+                     run_dir=args.run_dir, log_output=args.log_output)
+    except StageFailed:
+        return 1
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

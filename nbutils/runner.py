@@ -1,0 +1,200 @@
+"""Run the notebook series 01 -> 05 with papermill: one run folder, a line per stage, stop at the first failure."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import check_profile
+from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+COMMON_PARAMETERS = ("data_dir", "profile")
+
+
+class StageFailed(RuntimeError):
+    """A stage's notebook raised: names the stage, the cell and the error."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str              # "ok" | "failed" | "skipped"
+    seconds: float = 0.0
+    output: str = ""
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    stages: list[StageResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.stages)
+
+
+def discover_notebooks(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The numbered stage notebooks (`01_scrape.ipynb` ...), in order."""
+    return sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+def stage_name(path: Path) -> str:
+    return path.stem
+
+
+def match_stage(token: str, names: Iterable[str]) -> str:
+    """'03', '3', '03_generate' or 'generate' -> '03_generate'."""
+    names = list(names)
+    t = token.strip()
+    for n in names:
+        num, _, label = n.partition("_")
+        if t in (n, num, label) or (t.isdigit() and int(t) == int(num)):
+            return n
+    raise ValueError(f"no stage {token!r}; stages: {', '.join(names)}")
+
+
+def select_stages(notebooks: list[Path], start: str | None = None, only: Iterable[str] | None = None) -> list[Path]:
+    names = [stage_name(p) for p in notebooks]
+    if only:
+        wanted = {match_stage(t, names) for t in only}
+        return [p for p in notebooks if stage_name(p) in wanted]
+    if start:
+        first = names.index(match_stage(start, names))
+        return notebooks[first:]
+    return notebooks
+
+
+def parse_value(text: str) -> Any:
+    """papermill-like typing of a `-p key value` string: None/True/False, int, float, JSON list/dict, else str."""
+    low = text.strip()
+    if low in ("None", "null"):
+        return None
+    if low in ("True", "true"):
+        return True
+    if low in ("False", "false"):
+        return False
+    for conv in (int, float):
+        try:
+            return conv(low)
+        except ValueError:
+            pass
+    if low[:1] in "[{":
+        try:
+            return json.loads(low)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def notebook_parameter_names(path: Path) -> set[str]:
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(path)).keys())
+
+
+def parameters_for(stage: str, declared: set[str], params: dict[str, Any]) -> dict[str, Any]:
+    """Plain keys go to every notebook that declares them; `NN.key` (or `stage.key`) to that stage only."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if "." in key:
+            target, _, name = key.partition(".")
+            try:
+                match_stage(target, [stage])
+            except ValueError:
+                continue
+        else:
+            name = key
+        if name in declared:
+            out[name] = value
+    return out
+
+
+def check_parameters(notebooks: list[Path], params: dict[str, Any]) -> dict[str, set[str]]:
+    """Every notebook's declared parameters; a parameter no selected notebook declares is an error (typo)."""
+    declared = {stage_name(p): notebook_parameter_names(p) for p in notebooks}
+    names = list(declared)
+    for key in params:
+        if "." in key:
+            target, _, name = key.partition(".")
+            stage = match_stage(target, names)
+            if name not in declared[stage]:
+                raise ValueError(f"{stage} has no parameter {name!r}; it has: {', '.join(sorted(declared[stage]))}")
+        elif not any(key in d for d in declared.values()):
+            raise ValueError(f"no selected notebook has a parameter {key!r}")
+    return declared
+
+
+def describe_failure(stage: str, err: Exception) -> str:
+    """'stage 03_generate failed in cell 5: ValueError: ...' from a PapermillExecutionError."""
+    cell, count = getattr(err, "cell_index", None), getattr(err, "exec_count", None)
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    where = f" in cell In [{count}] (cell #{cell + 1})" if cell is not None else ""
+    source = (getattr(err, "source", "") or "").strip().splitlines()
+    snippet = f"\n  cell source: {source[0][:120]}" + (" ..." if len(source) > 1 else "") if source else ""
+    return f"stage {stage} failed{where}: {ename}: {evalue}{snippet}"
+
+
+def new_run_dir(data_dir: str | Path, profile: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = DataPaths(data_dir).runs / f"{stamp}-{profile}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = run_dir.with_name(f"{stamp}-{profile}-{n}")
+    return run_dir
+
+
+def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: dict[str, Any] | None = None,
+                 start: str | None = None, only: Iterable[str] | None = None, run_dir: str | Path | None = None,
+                 notebooks_dir: str | Path = NOTEBOOKS_DIR, log_output: bool = False,
+                 progress_bar: bool = False, kernel_name: str = "python3") -> RunResult:
+    """Execute the selected notebooks in order; stops at the first failing stage (raises StageFailed)."""
+    import papermill as pm
+
+    check_profile(profile)
+    data_dir = resolve_data_dir(data_dir)
+    params = dict(params or {})
+    notebooks = select_stages(discover_notebooks(notebooks_dir), start, only)
+    if not notebooks:
+        raise ValueError(f"no stage notebooks selected in {notebooks_dir}")
+    declared = check_parameters(notebooks, params)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(data_dir, profile)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = RunResult(run_dir)
+    print(f"run folder: {run_dir}  (profile={profile}, data_dir={data_dir})")
+
+    def save_summary() -> None:
+        write_json(run_dir / "run.json", {
+            "profile": profile, "data_dir": str(data_dir), "parameters": params,
+            "stages": [vars(s) for s in result.stages]})
+
+    for i, nb in enumerate(notebooks, 1):
+        stage = stage_name(nb)
+        injected = {"data_dir": str(data_dir), "profile": profile,
+                    **parameters_for(stage, declared[stage], params)}
+        output = run_dir / nb.name
+        print(f"[{i}/{len(notebooks)}] {stage} ...", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(output), parameters=injected, cwd=str(PROJECT_ROOT),
+                                kernel_name=kernel_name, log_output=log_output, progress_bar=progress_bar)
+        except Exception as err:  # papermill raises PapermillExecutionError with the cell
+            secs = time.time() - t0
+            msg = describe_failure(stage, err)
+            result.stages.append(StageResult(stage, "failed", secs, str(output), msg))
+            save_summary()
+            print(f"[{i}/{len(notebooks)}] {stage} FAILED after {secs:.1f} s\n  {msg}\n"
+                  f"  executed notebook: {output}", flush=True)
+            raise StageFailed(msg) from err
+        secs = time.time() - t0
+        result.stages.append(StageResult(stage, "ok", secs, str(output)))
+        save_summary()
+        print(f"[{i}/{len(notebooks)}] {stage} ok in {secs:.1f} s", flush=True)
+    total = sum(s.seconds for s in result.stages)
+    print(f"all {len(result.stages)} stage(s) ok in {total:.1f} s; executed notebooks in {run_dir}")
+    return result
