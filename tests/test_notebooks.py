@@ -1,0 +1,46 @@
+"""House rules for every stage notebook: a plain-literal parameters cell first, data_dir/profile, no outputs,
+no secrets, and the PIPELINE.md parameter names."""
+import ast
+import re
+
+import nbformat
+import pytest
+
+from nbutils.runner import discover_notebooks
+
+NOTEBOOKS = discover_notebooks()
+REQUIRED = {  # PIPELINE.md: names every run relies on
+    "01_scrape": {"search_url", "backend", "max_papers", "delay_s"},
+    "02_parse": set(),
+    "03_generate": {"backend", "model", "base_url", "max_pages"},
+    "04_finetune": {"base_model", "load_in_4bit", "max_steps"},
+    "05_evaluate": {"base_model", "max_examples", "max_new_tokens"},
+}
+SECRET = re.compile(r"gsk_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20,}")
+
+
+def parameters_cell(nb):
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "no code cells"
+    return code[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_is_tagged_parameters_of_plain_literals(path):
+    cell = parameters_cell(nbformat.read(str(path), as_version=4))
+    assert "parameters" in cell.metadata.get("tags", [])
+    values = {}
+    for stmt in ast.parse(cell.source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, f"not a plain assignment: {ast.unparse(stmt)}"
+        values[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises on anything but a literal
+    assert values.get("data_dir") == "data" and values.get("profile") == "demo"
+    missing = REQUIRED.get(path.stem, set()) - set(values)
+    assert not missing, f"{path.name} lacks PIPELINE.md parameters {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_or_secrets(path):
+    nb = nbformat.read(str(path), as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert not SECRET.search("".join(c.source for c in nb.cells))
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
