@@ -25,19 +25,36 @@ MIN_HYPHEN_PREFIX, MIN_HYPHEN_SUFFIX = 4, 3
 VOWELS = set("aeiouy")
 
 
+DIGRAPHS = {"ch", "ck", "gh", "ng", "ph", "qu", "sh", "th", "wh", "wr"}
+
+
+def hyphen_points(word: str) -> list[int]:
+    """Plausible English break points: between two consonants that sit between vowels (struc-tured),
+    else before a single consonant followed by a vowel (docu-ments); never inside a digraph."""
+    w = word.lower()
+    good, fair = [], []
+    for i in range(MIN_HYPHEN_PREFIX, len(w) - MIN_HYPHEN_SUFFIX + 1):
+        a, b = w[i - 1], w[i]
+        if w[i - 1:i + 1] in DIGRAPHS or w[i:i + 2] in ("ng", "ck"):
+            continue
+        if (a not in VOWELS and b not in VOWELS and i >= 2 and w[i - 2] in VOWELS
+                and i + 1 < len(w) and w[i + 1] in VOWELS):
+            good.append(i)
+        elif a in VOWELS and b not in VOWELS and i + 1 < len(w) and w[i + 1] in VOWELS and b != "x":
+            fair.append(i)
+    return good or fair
+
+
 def hyphen_split(word: str, room: float, font: str, size: float) -> tuple[str, str] | None:
-    """Split a long plain word so that `prefix-` fits in `room` points; None when it should not be split.
-    Prefers a break after a vowel-consonant boundary, like a (crude) dictionary hyphenator."""
+    """Split a long plain word so that `prefix-` fits in `room` points; None when it should not be split."""
     core = word.rstrip(".,;:)")
     if len(core) < MIN_HYPHEN_PREFIX + MIN_HYPHEN_SUFFIX or not core.isalpha():
         return None
-    best = None
-    for i in range(MIN_HYPHEN_PREFIX, len(core) - MIN_HYPHEN_SUFFIX + 1):
-        if stringWidth(word[:i] + "-", font, size) > room:
-            break
-        if core[i - 1].lower() in VOWELS and core[i].lower() not in VOWELS:
-            best = i
-    return (word[:best] + "-", word[best:]) if best else None
+    fitting = [i for i in hyphen_points(core) if stringWidth(word[:i] + "-", font, size) <= room]
+    if not fitting:
+        return None
+    best = fitting[-1]
+    return word[:best] + "-", word[best:]
 
 
 def wrap(text: str, width: float, font: str = BODY_FONT, size: float = BODY_SIZE) -> list[str]:
@@ -52,7 +69,7 @@ def wrap(text: str, width: float, font: str = BODY_FONT, size: float = BODY_SIZE
             line = candidate
             continue
         room = width - stringWidth(line + " ", font, size) if line else width
-        split = hyphen_split(word, room, font, size) if room > width * 0.12 else None
+        split = hyphen_split(word, room, font, size) if room > width * 0.10 else None
         if split:
             lines.append(f"{line} {split[0]}" if line else split[0])
             line = ""

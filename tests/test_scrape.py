@@ -1,0 +1,322 @@
+"""nbutils.scrape against the bundled arXiv look-alike (nbutils.demo_site) and recorded export-API answers."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from nbutils.demo_site import DemoSite, ExtraEntry, load_corpus
+from nbutils.io import read_json, read_jsonl, sha256_file
+from nbutils.scrape import (ScrapeConfig, ScrapeError, Throttle, build_api_query, build_search_url, id_from_url,
+                            parse_arxiv_id, parse_atom, parse_submitted, pdf_filename, pdf_path_for, pdf_problem,
+                            retry_after_seconds, scrape)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "arxiv_api"
+CORPUS = load_corpus()          # newest first, as the site lists them
+DELAY = 0.3
+
+
+@pytest.fixture(scope="session")
+def pdf_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo_site_cache")
+
+
+def make_cfg(data_dir, **kw) -> ScrapeConfig:
+    params = dict(delay_s=0.05, backoff_s=0.1, max_retries=2, max_wait_s=5.0, timeout_s=15.0)
+    params.update(kw)
+    return ScrapeConfig.from_params(profile="demo", data_dir=str(data_dir), **params)
+
+
+def page_records(records):
+    return [{k: v for k, v in r.items() if k not in ("pdf_path", "sha256")} for r in records]
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+def test_pdf_filenames_come_from_the_id_and_never_leave_the_folder(tmp_path):
+    assert pdf_filename("2405.01234v2") == "2405.01234v2.pdf"
+    assert pdf_filename("hep-th/9901001v1") == "hep-th_9901001v1.pdf"
+    for hostile in ("../../etc/passwd", "2405.01234v1/../../x", "2405.01234v1;rm -rf ~", "", "a b"):
+        with pytest.raises(ValueError, match="not an arXiv id"):
+            pdf_filename(hostile)
+    assert pdf_path_for(tmp_path, "cs/0501001v3").parent == tmp_path.resolve()
+
+
+def test_ids_are_read_from_link_text_and_urls():
+    assert parse_arxiv_id("arXiv:2405.17301") == "2405.17301"
+    assert parse_arxiv_id("arXiv:2405.17301v3") == "2405.17301v3"
+    assert parse_arxiv_id("see 2405.17301") is None
+    assert id_from_url("https://arxiv.org/pdf/2405.17301v2") == "2405.17301v2"
+    assert id_from_url("/pdf/hep-th/9901001.pdf") == "hep-th/9901001"
+    assert id_from_url("https://arxiv.org/format/2405.17301") is None
+
+
+def test_search_url_and_api_query_carry_query_dates_and_page_size():
+    url = build_search_url("https://arxiv.org", "llm", "2024-04-18", "", 50)
+    q = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    assert urlsplit(url).path == "/search/advanced"
+    assert q["terms-0-term"] == ["llm"] and q["date-from_date"] == ["2024-04-18"]
+    assert q["date-filter_by"] == ["date_range"] and q["size"] == ["50"]
+    assert q["date-date_type"] == ["submitted_date"] and q["order"] == ["-announced_date_first"]
+    assert build_api_query("llm", "2024-04-18", "2024-05-01") == \
+        "all:llm AND submittedDate:[202404180000 TO 202405012359]"
+
+
+def test_submission_date_is_the_first_version():
+    assert parse_submitted("Submitted 20 May, 2024; v1 submitted 2 May, 2024; originally announced May 2024.") \
+        == "2024-05-02"
+    assert parse_submitted("Submitted 7 June, 2024; originally announced June 2024.") == "2024-06-07"
+    assert parse_submitted("") == ""
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0   # in the past
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+
+
+def test_throttle_never_goes_below_three_seconds_for_arxiv():
+    slept = []
+    t = Throttle(0.1, sleep=slept.append)
+    assert t.delay_for("arxiv.org") == 3.0 and t.delay_for("export.arxiv.org") == 3.0
+    assert t.delay_for("127.0.0.1") == 0.1
+    t.wait("https://arxiv.org/a")
+    t.done("https://arxiv.org/a")
+    t.wait("https://arxiv.org/b")
+    assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
+
+
+def test_pdf_validation_names_the_problem(tmp_path):
+    good = tmp_path / "ok.pdf"
+    good.write_bytes(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n")
+    assert pdf_problem(good, 1 << 20) is None
+    (tmp_path / "cut.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<<")
+    assert "truncated" in pdf_problem(tmp_path / "cut.pdf", 1 << 20)
+    (tmp_path / "page.pdf").write_bytes(b"<html>captcha</html>")
+    assert "not a PDF" in pdf_problem(tmp_path / "page.pdf", 1 << 20)
+    assert "cap" in pdf_problem(good, 10)
+
+
+# ------------------------------------------------------------------------------------------ export API (recorded)
+class Recorded(BaseHTTPRequestHandler):
+    """Serves the recorded Atom answers by `start`; logs each query string."""
+
+    log: list[dict] = []
+    pages = {"0": "page1.xml", "2": "page2.xml"}
+
+    def do_GET(self):  # noqa: N802
+        q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        q["_ua"] = self.headers.get("User-Agent", "")
+        type(self).log.append(q)
+        name = "empty.xml" if "zzzz" in q.get("search_query", "") else self.pages.get(q.get("start"), "error.xml")
+        body = (FIXTURES / name).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/atom+xml; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def recorded_api():
+    Recorded.log = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api/query"
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_backend_reads_recorded_atom_pages(tmp_path, recorded_api):
+    cfg = make_cfg(tmp_path, backend="api", api_url=recorded_api, page_size=2, max_papers=10, download=False)
+    result = scrape(cfg, api_url=recorded_api)
+    assert [r["id"] for r in result.records] == ["2405.17301v2", "2405.08812v1", "cs/0501001v3"]
+    first = result.records[0]
+    assert first["title"] == "Sparse Mixtures of Adapters for Multilingual LLM Instruction Tuning"
+    assert first["authors"] == ["Ana Lucía Pérez", "Ji-ho Park"]
+    assert first["categories"] == ["cs.CL", "cs.LG"]          # primary category first
+    assert first["submitted"] == "2024-05-27"                 # `published` = v1, not `updated`
+    assert first["abstract"].startswith("We study how") and "\n" not in first["abstract"]
+    assert first["abs_url"] == "https://arxiv.org/abs/2405.17301v2"
+    assert first["pdf_url"] == "https://arxiv.org/pdf/2405.17301v2"
+    assert [(q["start"], q["max_results"]) for q in Recorded.log] == [("0", "2"), ("2", "2")]
+    assert Recorded.log[0]["sortBy"] == "submittedDate"
+    assert "submittedDate:[20240418" in Recorded.log[0]["search_query"]
+    assert Recorded.log[0]["_ua"].startswith("nbutils-arxiv-pipeline/")
+    report = read_json(cfg.report_path)
+    assert report["listed"] == 3 and report["pages"] == 2
+
+
+def test_api_backend_empty_and_error_answers(tmp_path, recorded_api):
+    result = scrape(make_cfg(tmp_path, backend="api", query="zzzz", download=False), api_url=recorded_api)
+    assert result.records == [] and result.pages == 1
+    with pytest.raises(ScrapeError, match="start must be non-negative"):
+        parse_atom((FIXTURES / "error.xml").read_text())
+
+
+# ------------------------------------------------------------------------------------------ downloads and faults
+def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache):
+    ids = [p.base_id for p in CORPUS]
+    faults = dict(zip(ids, ["404", "500", "429_once", "not_pdf", "truncated", "redirect_offsite"]))
+    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, retry_after_s=1) as site:
+        cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=10)
+        result = scrape(cfg, api_url=site.api_url())
+        status = {r["id"].split("v")[0]: (result.status[r["id"]], result.reasons.get(r["id"], ""))
+                  for r in result.records}
+        assert status[ids[0]] == ("failed", "HTTP 404")
+        assert status[ids[1]][0] == "failed" and "HTTP 500 after 3 attempts" in status[ids[1]][1]
+        assert status[ids[2]][0] == "downloaded"                 # 429 once, then served
+        assert status[ids[3]][0] == "failed" and "text/html, not a PDF" in status[ids[3]][1]
+        assert status[ids[4]][0] == "failed" and "truncated" in status[ids[4]][1]
+        assert status[ids[5]][0] == "failed" and "offsite.invalid" in status[ids[5]][1]
+        pdf_hits = [r for r in site.requests if r.path.startswith(f"/pdf/{ids[2]}")]
+        assert [r.status for r in pdf_hits] == [429, 200]
+        assert pdf_hits[1].t - pdf_hits[0].t >= 1.0            # Retry-After: 1 honoured
+        assert sum(r.path.startswith(f"/pdf/{ids[1]}") for r in site.requests) == 3
+    assert sorted(p.name for p in Path(cfg.pdf_dir).iterdir()) == [f"{CORPUS[2].id}.pdf"]   # no temp files left
+    report = read_json(cfg.report_path)
+    assert report["counts"] == {"downloaded": 1, "skipped": 0, "failed": 5}
+    assert {f["reason"] for f in report["failed"]} >= {"HTTP 404"}
+    assert [r["id"] for r in read_jsonl(cfg.papers_path)] == [CORPUS[2].id]
+
+
+def test_hostile_names_oversize_and_html_labelled_pdf(tmp_path, pdf_cache):
+    ids = [p.base_id for p in CORPUS]
+    faults = dict(zip(ids, ["hostile_name", "oversize", "html_as_pdf", "503_once", "redirect_same_host"]))
+    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, oversize_mb=1.5, content_disposition=False) as site:
+        cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=5, max_pdf_mb=1.0)
+        result = scrape(cfg, api_url=site.api_url())
+    by = {r["id"]: (result.status[r["id"]], result.reasons.get(r["id"], "")) for r in result.records}
+    assert by[CORPUS[0].id][0] == "downloaded"                     # Content-Disposition name ignored
+    assert (Path(cfg.pdf_dir) / f"{CORPUS[0].id}.pdf").exists()
+    assert not list(tmp_path.rglob("evil*")) and not Path("/tmp/evil v9.pdf").exists()
+    assert by[CORPUS[1].id][0] == "failed" and "cap" in by[CORPUS[1].id][1]
+    assert by[CORPUS[2].id][0] == "failed" and "not a PDF" in by[CORPUS[2].id][1]
+    assert by[CORPUS[3].id][0] == "downloaded" and by[CORPUS[4].id][0] == "downloaded"
+    assert {p.name for p in Path(cfg.pdf_dir).iterdir()} == {f"{CORPUS[i].id}.pdf" for i in (0, 3, 4)}
+
+
+# ------------------------------------------------------------------------------------------ the browser (slow: ~40 s)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, pdf_cache):
+    """One Selenium run over the search pages (2 results a page, absolute links), max_papers=5."""
+    data_dir = tmp_path_factory.mktemp("scrape_demo")
+    with DemoSite(cache_dir=pdf_cache, page_size=2) as site:
+        cfg = make_cfg(data_dir, delay_s=DELAY, max_papers=5)
+        result = scrape(cfg, search_url=site.search_url("llm", date_from="2024-04-18"))
+        first_requests = list(site.requests)
+        yield site, cfg, result, first_requests
+
+
+@pytest.mark.slow
+def test_selenium_follows_pagination_up_to_max_papers(demo_run):
+    site, cfg, result, requests_ = demo_run
+    assert [r["id"] for r in result.records] == [p.id for p in CORPUS[:5]]       # versions resolved
+    assert sum(r.path.startswith("/search/") for r in requests_) == 3            # pages 1-3 of 2
+    rec = result.records[0]
+    paper = CORPUS[0]
+    assert rec["title"] == paper.title and rec["authors"] == list(paper.authors)
+    assert rec["abstract"] == paper.abstract and rec["submitted"] == paper.submitted
+    assert rec["categories"] == list(paper.categories)
+    assert rec["pdf_url"] == f"{site.base_url}/pdf/{paper.id}"
+    versioned = next(r for r in result.records if r["id"] == CORPUS[3].id)
+    assert versioned["id"].endswith("v2") and versioned["submitted"] == CORPUS[3].submitted
+
+
+@pytest.mark.slow
+def test_downloads_are_valid_hashed_and_listed(demo_run):
+    site, cfg, result, _ = demo_run
+    papers = list(read_jsonl(cfg.papers_path))
+    assert len(papers) == 5 and len({p["id"] for p in papers}) == 5
+    for p in papers:
+        path = Path(cfg.data_dir) / p["pdf_path"]
+        assert p["pdf_path"] == f"pdfs/{p['id']}.pdf"
+        assert sha256_file(path) == p["sha256"] and pdf_problem(path, 1 << 24) is None
+    report = read_json(cfg.report_path)
+    assert report["counts"] == {"downloaded": 5, "skipped": 0, "failed": 0}
+
+
+@pytest.mark.slow
+def test_every_request_waits_the_delay(demo_run):
+    _, _, _, requests_ = demo_run
+    times = [r.t for r in requests_]
+    assert len(times) >= 8
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= DELAY - 0.01, gaps
+    assert all("nbutils-arxiv-pipeline" in r.user_agent for r in requests_)
+
+
+@pytest.mark.slow
+def test_rerun_skips_valid_pdfs_and_replaces_a_damaged_one(demo_run):
+    site, cfg, _, _ = demo_run
+    damaged = Path(cfg.pdf_dir) / f"{CORPUS[1].id}.pdf"
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    before = site.hits("/pdf/")
+    result = scrape(cfg, search_url=site.search_url("llm", date_from="2024-04-18"))
+    assert result.counts() == {"downloaded": 1, "skipped": 4, "failed": 0}
+    assert site.hits("/pdf/") - before == 1
+    assert pdf_problem(damaged, 1 << 24) is None
+    assert len(list(read_jsonl(cfg.papers_path))) == 5
+
+
+@pytest.mark.slow
+def test_both_backends_give_the_same_records(tmp_path, pdf_cache):
+    with DemoSite(cache_dir=pdf_cache, page_size=4) as site:
+        url = site.search_url("llm", date_from="2024-05-01")
+        web = scrape(make_cfg(tmp_path / "web", download=False, max_papers=10), search_url=url)
+        api = scrape(make_cfg(tmp_path / "api", backend="api", download=False, max_papers=10, page_size=4,
+                              date_from="2024-05-01"), api_url=site.api_url())
+    expected = [p.id for p in CORPUS if p.submitted >= "2024-05-01"]
+    assert [r["id"] for r in web.records] == expected
+    assert page_records(web.records) == page_records(api.records)
+
+
+@pytest.mark.slow
+def test_relative_links_and_list_pages(tmp_path, pdf_cache):
+    with DemoSite(cache_dir=pdf_cache, page_size=3, link_style="relative") as site:
+        search = scrape(make_cfg(tmp_path / "s", max_papers=2), search_url=site.search_url("llm"))
+        listing = scrape(make_cfg(tmp_path / "l", max_papers=10), search_url=site.list_url("cs.CL", show=4))
+        assert 'href="/pdf/' in site_page(site, "/search/?query=llm")
+    assert search.counts()["downloaded"] == 2
+    in_cl = [p for p in CORPUS if "cs.CL" in p.categories]
+    assert listing.pages == 2
+    assert [r["id"] for r in listing.records] == [p.id for p in in_cl]
+    assert listing.counts()["downloaded"] == len(in_cl)
+    assert all(r["submitted"] and r["categories"] and r["abstract"] for r in listing.records)
+
+
+def site_page(site: DemoSite, path: str) -> str:
+    import requests
+    return requests.get(site.base_url + path, timeout=10).text
+
+
+@pytest.mark.slow
+def test_empty_results_page(tmp_path, pdf_cache):
+    with DemoSite(cache_dir=pdf_cache) as site:
+        result = scrape(make_cfg(tmp_path), search_url=site.search_url("nosuchtopicxyz"))
+    assert result.records == [] and result.pages == 1
+    assert read_json(Path(tmp_path) / "scrape_report.json")["listed"] == 0
+
+
+@pytest.mark.slow
+def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
+    hostile = ExtraEntry(raw_id="../../../tmp/evil", submitted="2024-06-30")
+    with DemoSite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
+                  page_faults={"/search": "429_once"}, retry_after_s=1) as site:
+        cfg = make_cfg(tmp_path, max_papers=20)
+        result = scrape(cfg, search_url=site.search_url("llm"))
+        searches = [r for r in site.requests if r.path.startswith("/search")]
+    assert [r.status for r in searches][:2] == [429, 200] and searches[1].t - searches[0].t >= 1.0
+    ids = [r["id"] for r in result.records]
+    assert ids == [p.id for p in CORPUS] and len(set(ids)) == len(ids)
+    assert len(result.listing_failures) == 1 and "no valid arXiv id" in result.listing_failures[0]["reason"]
+    assert not list(Path(tmp_path).rglob("evil*"))
+    papers = list(read_jsonl(cfg.papers_path))
+    assert len(papers) == len(CORPUS) == len({p["id"] for p in papers})
+    assert read_json(cfg.report_path)["counts"]["failed"] == 1
