@@ -21,7 +21,7 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
     home = os.environ.get("NBUTILS_HOME")
     if home:
         return (Path(home) / p).resolve()
-    if (PROJECT_ROOT / "notebooks").is_dir() and (PROJECT_ROOT / "nbutils").is_dir():
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "nbutils").is_dir():
         return (PROJECT_ROOT / p).resolve()
     return p.resolve()
 
