@@ -541,6 +541,8 @@ def run_pool(paths: Iterable[str], options: dict[str, Any], workers: int, timeou
     or whose worker dies gets a 'skipped' result and a fresh worker takes its place."""
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     todo = deque(paths)
+    if not todo:
+        return
     pool = [_Worker(ctx, options) for _ in range(max(1, min(workers, len(todo))))]
     try:
         while todo or any(w.task for w in pool):
