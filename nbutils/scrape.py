@@ -819,16 +819,15 @@ def fetch_all(cfg: ScrapeConfig, client: HttpClient, browser: Browser | None, re
     write_jsonl(cfg.papers_path, merged.values())
 
 
-def run_scrape(profile: str = "demo", data_dir: str = "data", **params: Any) -> ScrapeResult:
-    """The notebook's one call: resolve the config, serve the demo site when profile/site says so, scrape."""
-    cfg = ScrapeConfig.from_params(profile=profile, data_dir=data_dir, **params)
-    cfg.show()
+def run_scrape(cfg: ScrapeConfig) -> ScrapeResult:
+    """The notebook's call: scrape cfg.site, or, when it is "demo", serve the bundled arXiv look-alike on
+    127.0.0.1 for the duration of the run (its PDFs rendered once into data_dir/cache/demo_site)."""
     if cfg.site != "demo":
         return scrape(cfg)
     from .demo_site import DemoSite
 
     with DemoSite(cache_dir=cfg.paths.cache / "demo_site", page_size=cfg.page_size) as site:
-        print(f"demo arXiv site serving {len(site.papers)} papers at {site.base_url}")
+        print(f"demo arXiv site: {len(site.papers)} papers at {site.base_url}")
         search_url = cfg.search_url or site.search_url(cfg.query, cfg.date_from, cfg.date_to, cfg.page_size)
         return scrape(cfg, search_url=search_url, api_url=site.api_url())
 
