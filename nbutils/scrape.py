@@ -11,6 +11,7 @@ PDFs come only from allowed hosts, are validated, written atomically and hashed;
 """
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import ipaddress
 import json
@@ -325,14 +326,16 @@ def pdf_problem(path: Path, max_bytes: int) -> str | None:
 
 
 def disposition_id(header: str | None, wanted_base: str) -> str | None:
-    """The versioned id in Content-Disposition (`filename="2405.01234v2.pdf"`), only if it is that paper's."""
+    """The versioned id from Content-Disposition (arxiv.org sends `filename="2405.01234v2.pdf"`; old ids
+    without their slash), only when it names this paper. Only the version number is taken from the header."""
     m = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', header or "")
     if not m:
         return None
-    name = m.group(1).strip()
-    name = name[:-4] if name.endswith(".pdf") else name
-    pid = parse_arxiv_id(name.replace("_", "/") if "/" in wanted_base else name)
-    return pid if pid and base_id(pid) == wanted_base and has_version(pid) else None
+    name = m.group(1).strip().removesuffix(".pdf").strip()
+    named = re.fullmatch(r"(.+)v(\d+)", name)
+    if not named or named.group(1) not in {wanted_base, wanted_base.replace("/", ""), wanted_base.replace("/", "_")}:
+        return None
+    return f"{wanted_base}v{int(named.group(2))}"
 
 
 @dataclass
@@ -538,11 +541,19 @@ class Browser:
 
     def load(self, url: str) -> None:
         """Open url politely; retries 429/5xx like HttpClient; raises ScrapeError for other failures."""
+        from selenium.common.exceptions import WebDriverException
+
         attempt = 0
         while True:
             self.throttle.wait(url)
             try:
                 self.driver.get(url)
+            except WebDriverException as e:   # timeouts, connection refused, DNS ...
+                attempt += 1
+                if attempt > self.cfg.max_retries:
+                    raise ScrapeError(f"browser could not load {url}: {e.msg or type(e).__name__}") from e
+                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+                continue
             finally:
                 self.throttle.done(url)
             status, headers = self.last_document_response()
@@ -731,21 +742,56 @@ def allowed_hosts_for(cfg: ScrapeConfig, *urls: str) -> set[str]:
 def list_with_browser(browser: Browser, url: str, cfg: ScrapeConfig, result: ScrapeResult) -> list[dict]:
     """Records from a search or /list/ listing, deduplicated by id, at most max_papers."""
     records: dict[str, dict] = {}
-    for page in tqdm(listing_pages(browser, url), desc="listing pages", unit="page"):
-        result.pages += 1
-        for raw in page["results"]:
+    pages = listing_pages(browser, url)
+    with tqdm(desc="listing pages", unit="page") as bar:
+        while len(records) < cfg.max_papers:
             try:
-                rec = record_from_listing(raw)
+                page = next(pages)
+            except StopIteration:
+                break
             except ScrapeError as e:
-                result.listing_failures.append({"id": clean(raw.get("abs_text", "")), "url": raw.get("pdf_href", ""),
-                                                "reason": str(e)})
-                print(f"skipping a listing entry: {e}")
-                continue
-            if base_id(rec["id"]) not in {base_id(i) for i in records}:
-                records[rec["id"]] = rec
-            if len(records) >= cfg.max_papers:
-                return list(records.values())
+                listing_failed(result, url, e)
+                break
+            result.pages += 1
+            bar.update(1)
+            add_listing_entries(page["results"], records, cfg, result)
     return list(records.values())
+
+
+def add_listing_entries(entries: list[dict], records: dict[str, dict], cfg: ScrapeConfig,
+                        result: ScrapeResult) -> None:
+    """Turn one page's raw entries into records (first occurrence of a paper wins) up to max_papers."""
+    for raw in entries:
+        try:
+            rec = record_from_listing(raw)
+        except ScrapeError as e:
+            result.listing_failures.append({"id": clean(raw.get("abs_text", "")), "url": raw.get("pdf_href", ""),
+                                            "reason": str(e)})
+            print(f"skipping a listing entry: {e}")
+            continue
+        if base_id(rec["id"]) not in {base_id(i) for i in records}:
+            records[rec["id"]] = rec
+        if len(records) >= cfg.max_papers:
+            return
+
+
+def listing_failed(result: ScrapeResult, url: str, error: Exception) -> None:
+    """A listing page that could not be read ends the listing; what was found so far is still fetched."""
+    result.listing_failures.append({"id": "", "url": url, "reason": f"listing stopped: {error}"})
+    print(f"listing stopped after {result.pages} page(s): {error}")
+
+
+def list_with_api(client: HttpClient, cfg: ScrapeConfig, api_url: str, result: ScrapeResult) -> list[dict]:
+    """Records from the export API, deduplicated by id, at most max_papers."""
+    records: dict[str, dict] = {}
+    try:
+        for page in tqdm(api_records(client, cfg, api_url), desc="API pages", unit="page"):
+            result.pages += 1
+            for rec in page:
+                records.setdefault(rec["id"], rec)
+    except ScrapeError as e:
+        listing_failed(result, api_url, e)
+    return list(records.values())[: cfg.max_papers]
 
 
 def scrape(cfg: ScrapeConfig, search_url: str = "", api_url: str = "") -> ScrapeResult:
@@ -764,11 +810,7 @@ def scrape(cfg: ScrapeConfig, search_url: str = "", api_url: str = "") -> Scrape
         if browser:
             records = list_with_browser(browser, search_url, cfg, result)
         else:
-            records = []
-            for page in tqdm(api_records(client, cfg, api_url), desc="API pages", unit="page"):
-                result.pages += 1
-                records.extend(r for r in page if r["id"] not in {x["id"] for x in records})
-            records = records[: cfg.max_papers]
+            records = list_with_api(client, cfg, api_url, result)
         result.records = [canonicalise(r) for r in records]
         print(f"listed {len(records)} paper(s) from {result.pages} page(s) of {result.source}")
         fetch_all(cfg, client, browser, result)
@@ -792,6 +834,8 @@ def fetch_all(cfg: ScrapeConfig, client: HttpClient, browser: Browser | None, re
             old = find_existing(rec, existing, cfg)
             if old:
                 rec.update(id=old["id"], pdf_path=old["pdf_path"], sha256=old["sha256"])
+                for key in ("title", "authors", "abstract", "submitted", "categories"):
+                    rec[key] = rec[key] or old.get(key, rec[key])
                 result.status[rec["id"]], result.reasons[rec["id"]] = "skipped", "already downloaded and valid"
             elif not cfg.download:
                 result.status[rec["id"]], result.reasons[rec["id"]] = "skipped", "download=False"
@@ -829,7 +873,8 @@ def run_scrape(cfg: ScrapeConfig) -> ScrapeResult:
     with DemoSite(cache_dir=cfg.paths.cache / "demo_site", page_size=cfg.page_size) as site:
         print(f"demo arXiv site: {len(site.papers)} papers at {site.base_url}")
         search_url = cfg.search_url or site.search_url(cfg.query, cfg.date_from, cfg.date_to, cfg.page_size)
-        return scrape(cfg, search_url=search_url, api_url=site.api_url())
+        cfg = dataclasses.replace(cfg, search_url=search_url, api_url=site.api_url())
+        return scrape(cfg)
 
 
 def papers_table(result: ScrapeResult):

@@ -11,8 +11,8 @@ import pytest
 
 from nbutils.demo_site import DemoSite, ExtraEntry, load_corpus
 from nbutils.io import read_json, read_jsonl, sha256_file
-from nbutils.scrape import (ScrapeConfig, ScrapeError, Throttle, build_api_query, build_search_url, id_from_url,
-                            parse_arxiv_id, parse_atom, parse_submitted, pdf_filename, pdf_path_for, pdf_problem,
+from nbutils.scrape import (ScrapeConfig, ScrapeError, Throttle, build_api_query, build_search_url,
+                            disposition_id, id_from_url, parse_arxiv_id, parse_atom, parse_submitted, pdf_filename, pdf_path_for, pdf_problem,
                             retry_after_seconds, scrape)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "arxiv_api"
@@ -52,6 +52,14 @@ def test_ids_are_read_from_link_text_and_urls():
     assert id_from_url("https://arxiv.org/pdf/2405.17301v2") == "2405.17301v2"
     assert id_from_url("/pdf/hep-th/9901001.pdf") == "hep-th/9901001"
     assert id_from_url("https://arxiv.org/format/2405.17301") is None
+
+
+def test_version_comes_from_content_disposition_only_for_that_paper():
+    assert disposition_id('inline; filename="2405.01234v3.pdf"', "2405.01234") == "2405.01234v3"
+    assert disposition_id('inline; filename="hep-th9901001v2.pdf"', "hep-th/9901001") == "hep-th/9901001v2"
+    assert disposition_id('inline; filename="2405.09999v3.pdf"', "2405.01234") is None
+    assert disposition_id('attachment; filename="../../2405.01234v1.pdf"', "2405.01234") is None
+    assert disposition_id(None, "2405.01234") is None
 
 
 def test_search_url_and_api_query_carry_query_dates_and_page_size():
@@ -160,6 +168,15 @@ def test_api_backend_empty_and_error_answers(tmp_path, recorded_api):
         parse_atom((FIXTURES / "error.xml").read_text())
 
 
+def test_a_failing_listing_is_reported_not_raised(tmp_path, pdf_cache):
+    with DemoSite(cache_dir=pdf_cache, page_faults={"/api": "500"}) as site:
+        cfg = make_cfg(tmp_path, backend="api")
+        result = scrape(cfg, api_url=site.api_url())
+        assert site.hits("/api/") == 3                              # 1 + max_retries
+    assert result.records == [] and "HTTP 500 after 3 attempts" in result.listing_failures[0]["reason"]
+    assert read_json(cfg.report_path)["counts"]["failed"] == 1
+
+
 # ------------------------------------------------------------------------------------------ downloads and faults
 def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache):
     ids = [p.base_id for p in CORPUS]
@@ -219,6 +236,7 @@ def test_selenium_follows_pagination_up_to_max_papers(demo_run):
     site, cfg, result, requests_ = demo_run
     assert [r["id"] for r in result.records] == [p.id for p in CORPUS[:5]]       # versions resolved
     assert sum(r.path.startswith("/search/") for r in requests_) == 3            # pages 1-3 of 2
+    assert not any(r.path.startswith("/abs/") for r in requests_)   # versions from Content-Disposition
     rec = result.records[0]
     paper = CORPUS[0]
     assert rec["title"] == paper.title and rec["authors"] == list(paper.authors)
@@ -308,10 +326,14 @@ def test_empty_results_page(tmp_path, pdf_cache):
 def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
     hostile = ExtraEntry(raw_id="../../../tmp/evil", submitted="2024-06-30")
     with DemoSite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
-                  page_faults={"/search": "429_once"}, retry_after_s=1) as site:
+                  page_faults={"/search": "429_once"}, retry_after_s=1,
+                  pdf_faults={CORPUS[3].base_id: "hostile_name"}) as site:
         cfg = make_cfg(tmp_path, max_papers=20)
         result = scrape(cfg, search_url=site.search_url("llm"))
         searches = [r for r in site.requests if r.path.startswith("/search")]
+        abs_pages = [r.path for r in site.requests if r.path.startswith("/abs/")]
+    assert abs_pages == [f"/abs/{CORPUS[3].base_id}"]          # hostile Content-Disposition ignored -> abs page
+    assert (Path(cfg.pdf_dir) / f"{CORPUS[3].id}.pdf").exists()
     assert [r.status for r in searches][:2] == [429, 200] and searches[1].t - searches[0].t >= 1.0
     ids = [r["id"] for r in result.records]
     assert ids == [p.id for p in CORPUS] and len(set(ids)) == len(ids)
@@ -320,3 +342,16 @@ def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
     papers = list(read_jsonl(cfg.papers_path))
     assert len(papers) == len(CORPUS) == len({p["id"] for p in papers})
     assert read_json(cfg.report_path)["counts"]["failed"] == 1
+
+
+@pytest.mark.slow
+def test_demo_profile_serves_its_own_site_and_gets_every_paper(tmp_path):
+    from nbutils.scrape import run_scrape
+
+    cfg = ScrapeConfig.from_params(profile="demo", data_dir=str(tmp_path))
+    result = run_scrape(cfg)
+    assert result.counts() == {"downloaded": len(CORPUS), "skipped": 0, "failed": 0}
+    assert len(list((tmp_path / "cache" / "demo_site").glob("*.pdf"))) == len(CORPUS)
+    report = read_json(cfg.report_path)
+    assert report["config"]["search_url"].startswith("http://127.0.0.1:")
+    assert report["elapsed_s"] < 60
