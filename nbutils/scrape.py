@@ -221,6 +221,12 @@ class Throttle:
         self.last_end[urlsplit(url).hostname or ""] = time.monotonic()
 
 
+def user_agent(cfg: ScrapeConfig) -> str:
+    """The configured User-Agent, plus a contact address from $ARXIV_CONTACT when set (arXiv likes one)."""
+    contact = os.environ.get("ARXIV_CONTACT", "").strip()
+    return f"{cfg.user_agent} mailto:{contact}" if contact else cfg.user_agent
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
     if not value:
@@ -258,7 +264,7 @@ class HttpClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, pool_block=True)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = cfg.user_agent
+        self.session.headers["User-Agent"] = user_agent(cfg)
 
     def close(self) -> None:
         self.session.close()
@@ -462,7 +468,8 @@ if (lis.length) {
     out.results.push({abs_href: absA ? absA.href : '', abs_text: text(absA), pdf_href: pdfA ? pdfA.href : '',
       title: text(li.querySelector('p.title')), authors: Array.from(li.querySelectorAll('p.authors a')).map(text),
       abstract: text(li.querySelector('span.abstract-full') || li.querySelector('p.abstract')),
-      submitted_text: sub || '', categories: Array.from(li.querySelectorAll('div.tags span.tag')).map(text)});
+      submitted_text: sub || '',
+      categories: Array.from(li.querySelectorAll('div.tags span.tag[data-tooltip]')).map(text)});
   }
   const nx = document.querySelector('a.pagination-next');
   if (nx && nx.getAttribute('href') && !nx.classList.contains('is-invisible')) out.next = nx.href;
@@ -517,7 +524,7 @@ class Browser:
         opts = Options()
         for flag in CHROME_FLAGS:
             opts.add_argument(flag)
-        opts.add_argument(f"--user-agent={cfg.user_agent}")
+        opts.add_argument(f"--user-agent={user_agent(cfg)}")
         opts.binary_location = cfg.browser_binary
         opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         self.cfg, self.throttle = cfg, throttle
