@@ -1,0 +1,243 @@
+"""Stage 03 end to end against a loopback Groq-compatible server (real groq client), cache/resume, outputs."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nbutils.fake_llm_server import FakeLLMServer
+from nbutils.generate import (BUILTIN_PROMPTS, GenerateConfig, load_cache, load_prompt, run_generate,
+                              select_pages)
+from nbutils.io import PROJECT_ROOT, read_json, read_jsonl, write_jsonl
+
+N_PAPERS, PAGES_PER_PAPER = 5, 4
+
+
+def make_pages(data_dir: Path, n_papers=N_PAPERS, pages=PAGES_PER_PAPER, seed=0) -> list[dict]:
+    rng = random.Random(seed)
+    vocab = [f"term{i}" for i in range(5000)]
+    rows = [{"paper_id": f"2405.{p:05d}v1", "page": pg, "chunk": 0,
+             "text": " ".join(rng.choice(vocab) for _ in range(80)), "n_chars": 0, "removed": {},
+             "source_sha256": ""} for p in range(n_papers) for pg in range(1, pages + 1)]
+    write_jsonl(data_dir / "pages.jsonl", rows)
+    return rows
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_test_not_a_real_key")
+    monkeypatch.delenv("GROQ_BASE_URL", raising=False)
+    make_pages(tmp_path)
+    return tmp_path
+
+
+def cfg_for(data_dir, srv, **kw):
+    params = dict(base_url=srv.url, rpm=0, tpm=0, workers=4, max_attempts=3)
+    params.update(kw)
+    return GenerateConfig.from_params(profile="full", data_dir=str(data_dir), **params)
+
+
+def test_outputs_follow_the_contract_and_split_by_paper(env):
+    with FakeLLMServer() as srv:
+        res = run_generate(cfg_for(env, srv, test_size=0.4, prices={"llama-3.3-70b-versatile": (1.0, 2.0)}))
+    triples = list(read_jsonl(env / "triples.jsonl"))
+    assert len(triples) == N_PAPERS * PAGES_PER_PAPER * 3 == res.triples_kept
+    assert set(triples[0]) >= {"paper_id", "page", "chunk", "instruction", "input", "output", "model",
+                               "prompt_version", "cache_key", "prompt_tokens", "completion_tokens"}
+    assert triples[0]["prompt_version"] == BUILTIN_PROMPTS["original"].version
+    assert triples[0]["model"] == "llama-3.3-70b-versatile"
+    original = read_json(env / "arxiv_instruction_dataset.json")
+    assert len(original) == len(triples) and set(original[0]) == {"Instruction", "Input", "Output"}
+    from datasets import load_from_disk
+    dd = load_from_disk(str(env / "dataset"))
+    train, test = set(dd["train"]["paper_id"]), set(dd["test"]["paper_id"])
+    assert train and test and not train & test and len(train | test) == N_PAPERS
+    assert len(dd["train"]) + len(dd["test"]) == len(triples)
+    # accounting: tokens per call summed, cost from the price table
+    assert res.run_prompt_tokens > 0 and res.run_completion_tokens > 0
+    assert res.run_cost_usd == pytest.approx((res.run_prompt_tokens + 2 * res.run_completion_tokens) / 1e6)
+    assert res.triples_per_page == pytest.approx(3.0)
+    report = read_json(env / "generate_report.json")
+    assert report["triples_kept"] == len(triples) and report["calls"] == N_PAPERS * PAGES_PER_PAPER
+
+
+def test_rerun_reparses_from_cache_with_zero_calls(env):
+    with FakeLLMServer() as srv:
+        cfg = cfg_for(env, srv)
+        run_generate(cfg)
+        first = (env / "triples.jsonl").read_bytes()
+        calls = srv.count()
+        res = run_generate(cfg)
+        assert srv.count() == calls
+    assert res.calls == 0 and res.pages_cached == N_PAPERS * PAGES_PER_PAPER
+    assert (env / "triples.jsonl").read_bytes() == first
+
+
+def test_rerun_needs_no_key_when_everything_is_cached(env, monkeypatch):
+    with FakeLLMServer() as srv:
+        cfg = cfg_for(env, srv)
+        run_generate(cfg)
+    monkeypatch.delenv("GROQ_API_KEY")
+    assert run_generate(cfg).triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
+
+
+def test_page_failing_for_good_is_recorded_and_retried_next_run(env):
+    with FakeLLMServer(script=[{"status": 500, "message": "overloaded"}] * 3) as srv:
+        cfg = cfg_for(env, srv, workers=1, max_attempts=3)
+        res = run_generate(cfg)
+        assert len(res.pages_failed) == 1
+        failed = res.pages_failed[0]
+        assert failed["paper_id"] == "2405.00000v1" and failed["page"] == 1
+        assert "server HTTP 500" in failed["error"] and failed["attempts"] == 3
+        assert res.triples_kept == (N_PAPERS * PAGES_PER_PAPER - 1) * 3
+        before = srv.count()
+        res2 = run_generate(cfg)
+        assert srv.count() == before + 1 and not res2.pages_failed
+        assert res2.triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
+
+
+def test_refusals_and_echoes_are_counted_not_kept(env):
+    replies = iter(["Please provide the text you want triples for.",
+                    "I'm sorry, I cannot help with that.",
+                    "Triple 1:\nInstruction: [instruction]\nInput: [input]\nOutput: [output]"])
+
+    def reply(body):
+        try:
+            return next(replies)
+        except StopIteration:
+            from nbutils.fake_llm_server import default_reply
+            return default_reply(body)
+
+    with FakeLLMServer(reply=reply) as srv:
+        res = run_generate(cfg_for(env, srv, workers=1))
+    assert res.replies_without_triples == {"asks_for_text": 1, "refusal": 1, "template_echo": 1}
+    assert res.triples_kept == (N_PAPERS * PAGES_PER_PAPER - 3) * 3
+
+
+def test_near_duplicates_across_pages_are_dropped_and_counted(env):
+    def reply(body):
+        return ("Triple 1:\nInstruction: Summarise the key idea of this page in one sentence.\nInput: \n"
+                "Output: " + body["messages"][-1]["content"][-60:])
+
+    with FakeLLMServer(reply=reply) as srv:
+        res = run_generate(cfg_for(env, srv))
+    assert res.triples_kept == 1
+    assert res.drops == {"near_duplicate_instruction": N_PAPERS * PAGES_PER_PAPER - 1}
+
+
+def test_json_mode_sends_response_format_and_validates(env):
+    def reply(body):
+        words = body["messages"][-1]["content"].split()[-20:]
+        return json.dumps({"triples": [{"instruction": f"Explain {' '.join(words[i:i + 5])}.", "input": "",
+                                        "output": " ".join(words[i + 5:i + 10])} for i in (0, 10)]})
+
+    with FakeLLMServer(reply=reply) as srv:
+        res = run_generate(cfg_for(env, srv, prompt="json"))
+        assert all(r["response_format"] == {"type": "json_object"} for r in srv.requests)
+    assert res.triples_kept == N_PAPERS * PAGES_PER_PAPER * 2
+    assert res.prompt_version.startswith("json@")
+
+
+def test_prompt_file_overrides_the_template_and_its_version(env, tmp_path):
+    pf = tmp_path / "my_prompt_v2.txt"
+    pf.write_text("Write triples in the Triple N format.\n\nText:\n{text}")
+    with FakeLLMServer() as srv:
+        run_generate(cfg_for(env, srv))
+        base = srv.count()
+        res = run_generate(cfg_for(env, srv, prompt_file=str(pf)))
+        assert srv.count() == base + N_PAPERS * PAGES_PER_PAPER     # a new prompt is a new cache key
+    assert res.prompt_version.startswith("my_prompt_v2@")
+    assert {t["prompt_version"] for t in read_jsonl(env / "triples.jsonl")} == {res.prompt_version}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no placeholder here")
+    with pytest.raises(ValueError, match="placeholder"):
+        load_prompt(prompt_file=str(bad))
+
+
+def test_torn_cache_tail_is_repaired_and_only_that_page_recalled(env):
+    with FakeLLMServer() as srv:
+        cfg = cfg_for(env, srv)
+        run_generate(cfg)
+        lines = cfg.cache_path.read_text().splitlines(keepends=True)
+        cfg.cache_path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])   # killed mid-write
+        before = srv.count()
+        res = run_generate(cfg)
+        assert srv.count() == before + 1
+    assert res.triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
+    assert len(load_cache(cfg.cache_path)) == N_PAPERS * PAGES_PER_PAPER
+
+
+KILL_SCRIPT = """
+import sys
+from nbutils.generate import GenerateConfig, run_generate
+cfg = GenerateConfig.from_params(profile="full", data_dir=sys.argv[1], base_url=sys.argv[2], rpm=0, tpm=0, workers=2)
+run_generate(cfg)
+"""
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(env):
+    make_pages(env, n_papers=6, pages=5)
+    n_pages = 30
+    with FakeLLMServer(latency_s=0.15) as srv:
+        cfg = cfg_for(env, srv, workers=2)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(env), srv.url], cwd=PROJECT_ROOT,
+                                env={**os.environ, "TQDM_DISABLE": "1"}, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not cfg.cache_path.exists() or
+                                               len(cfg.cache_path.read_text().splitlines()) < 8):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        cached_at_kill = len(load_cache(cfg.cache_path))
+        assert 8 <= cached_at_kill < n_pages and not (env / "triples.jsonl").exists()
+        calls_before = srv.count()
+        res = run_generate(cfg)
+        # only the missing pages (plus what was in flight at the kill) were requested again
+        assert srv.count() - calls_before == n_pages - cached_at_kill
+        assert calls_before <= cached_at_kill + 2 + 1
+    triples = list(read_jsonl(env / "triples.jsonl"))
+    keys = [(t["paper_id"], t["page"], t["instruction"]) for t in triples]
+    assert len(keys) == len(set(keys)) == n_pages * 3 == res.triples_kept
+    assert {(t["paper_id"], t["page"]) for t in triples} == {(f"2405.{p:05d}v1", pg) for p in range(6)
+                                                            for pg in range(1, 6)}
+    cache_keys = [r["key"] for r in read_jsonl(cfg.cache_path)]
+    assert len(cache_keys) == len(set(cache_keys)) == n_pages
+
+
+def test_select_pages_round_robin_over_papers_and_skips_counted():
+    pages = [{"paper_id": p, "page": i, "text": "x" * 300} for p in ("a", "b", "c") for i in (1, 2, 3)]
+    pages += [{"paper_id": "a", "page": 1, "text": "x" * 300},       # duplicate
+              {"paper_id": "d", "page": 1, "text": "short"},          # too short
+              {"paper_id": "", "page": 1, "text": "x" * 300}]         # no provenance
+    out, skipped = select_pages(pages, max_pages=4, min_chars=200)
+    assert [(p["paper_id"], p["page"]) for p in out] == [("a", 1), ("b", 1), ("c", 1), ("a", 2)]
+    assert skipped == {"duplicate_page": 1, "page_too_short": 1, "no_paper_id": 1, "over_max_pages": 5}
+
+
+def test_missing_pages_file_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="02_parse"):
+        run_generate(GenerateConfig.from_params(profile="full", data_dir=str(tmp_path)))
+
+
+def test_profiles_pick_backends():
+    assert GenerateConfig.defaults("demo")["backend"] == "local"
+    full = GenerateConfig.defaults("full")
+    assert full["backend"] == "groq" and full["prompt"] == "original" and full["max_pages"] == 0
+
+
+@pytest.mark.slow
+def test_local_backend_generates_with_the_embedded_model(data_dir_with_model):
+    make_pages(data_dir_with_model, n_papers=2, pages=1)
+    cfg = GenerateConfig.from_params(profile="demo", data_dir=str(data_dir_with_model), max_tokens=24,
+                                     batch_size=2)
+    res = run_generate(cfg)
+    assert res.calls == 2 and not res.pages_failed
+    recs = list(load_cache(cfg.cache_path).values())
+    assert all(r["reply"].startswith(BUILTIN_PROMPTS["demo"].reply_prefix) for r in recs)
+    assert all(0 < r["completion_tokens"] <= 24 and r["prompt_tokens"] > 0 for r in recs)
+    assert run_generate(cfg).calls == 0
