@@ -16,7 +16,7 @@ from reportlab.pdfgen import canvas
 from ..io import atomic_write_bytes
 from .corpus import DemoPaper
 
-RENDER_VERSION = "1"   # bump when the layout changes, so cached PDFs are rebuilt
+RENDER_VERSION = "2"   # bump when the layout changes, so cached PDFs are rebuilt
 PAGE_W, PAGE_H = letter
 MARGIN_X, MARGIN_TOP, MARGIN_BOTTOM = 84.0, 78.0, 72.0
 BODY_FONT, BOLD_FONT, ITALIC_FONT = "Times-Roman", "Times-Bold", "Times-Italic"
@@ -57,7 +57,7 @@ def hyphen_split(word: str, room: float, font: str, size: float) -> tuple[str, s
     return word[:best] + "-", word[best:]
 
 
-def wrap(text: str, width: float, font: str = BODY_FONT, size: float = BODY_SIZE) -> list[str]:
+def wrap(text: str, width: float, font: str = BODY_FONT, size: float = BODY_SIZE, hyphenate: bool = True) -> list[str]:
     """Greedy line breaking with hyphenation of long words that would otherwise leave a ragged gap."""
     lines: list[str] = []
     line = ""
@@ -69,7 +69,7 @@ def wrap(text: str, width: float, font: str = BODY_FONT, size: float = BODY_SIZE
             line = candidate
             continue
         room = width - stringWidth(line + " ", font, size) if line else width
-        split = hyphen_split(word, room, font, size) if room > width * 0.10 else None
+        split = hyphen_split(word, room, font, size) if hyphenate and room > width * 0.10 else None
         if split:
             lines.append(f"{line} {split[0]}" if line else split[0])
             line = ""
@@ -150,20 +150,20 @@ class PaperCanvas:
 
     def reference(self, text: str) -> None:
         hang = 18.0
-        lines = wrap(text, self.width - hang, BODY_FONT, 10)
+        lines = wrap(text, self.width - hang, BODY_FONT, 10, hyphenate=False)
         self.text_lines(lines, BODY_FONT, 10, 13, indent_after_first=hang)
         self.y -= 3
 
     def title_block(self) -> None:
         p = self.paper
         self.y -= 10
-        for line in wrap(p.title, self.width - 40, BOLD_FONT, 17):
+        for line in wrap(p.title, self.width - 40, BOLD_FONT, 17, hyphenate=False):
             self.text_lines([line], BOLD_FONT, 17, 22, centred=True)
         self.y -= 8
-        self.text_lines(wrap(", ".join(p.authors), self.width - 40, BODY_FONT, 11.5), BODY_FONT, 11.5, 15,
+        self.text_lines(wrap(", ".join(p.authors), self.width - 40, BODY_FONT, 11.5, False), BODY_FONT, 11.5, 15,
                         centred=True)
         if p.affiliation:
-            self.text_lines(wrap(p.affiliation, self.width - 40, ITALIC_FONT, 10.5), ITALIC_FONT, 10.5, 14,
+            self.text_lines(wrap(p.affiliation, self.width - 40, ITALIC_FONT, 10.5, False), ITALIC_FONT, 10.5, 14,
                             centred=True)
         self.y -= 14
         self.text_lines(["Abstract"], BOLD_FONT, 12, 16, centred=True)
