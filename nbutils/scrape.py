@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import glob
 import ipaddress
 import json
 import os
@@ -697,19 +698,37 @@ def load_existing(papers_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in read_jsonl(papers_path) if r.get("id")}
 
 
+def version_of(arxiv_id: str) -> int:
+    m = re.search(r"v(\d+)$", arxiv_id)
+    return int(m.group(1)) if m else 0
+
+
 def find_existing(rec: dict[str, Any], existing: dict[str, dict[str, Any]], cfg: ScrapeConfig) -> dict | None:
-    """A previous record for this paper whose PDF is still on disk, valid and unchanged (sha256)."""
+    """A previous record for this paper whose PDF is still on disk, valid and unchanged (sha256); else a valid
+    `pdfs/<id>.pdf` left without a record (papers.jsonl lost), described from the file itself."""
     want = rec["id"]
+    max_bytes = int(cfg.max_pdf_mb * 2**20)
     candidates = [r for r in existing.values()
                   if r["id"] == want or (not has_version(want) and base_id(r["id"]) == want)]
-    candidates.sort(key=lambda r: int(re.search(r"v(\d+)$", r["id"]).group(1)) if has_version(r["id"]) else 0,
-                    reverse=True)
-    for old in candidates:
+    for old in sorted(candidates, key=lambda r: version_of(r["id"]), reverse=True):
         path = Path(cfg.data_dir) / (old.get("pdf_path") or "")
-        if old.get("pdf_path") and path.is_file() and not pdf_problem(path, int(cfg.max_pdf_mb * 2**20)) \
+        if old.get("pdf_path") and path.is_file() and not pdf_problem(path, max_bytes) \
                 and (not old.get("sha256") or sha256_file(path) == old["sha256"]):
             return old
+    stem = pdf_filename(want)[:-4]
+    on_disk = [Path(cfg.pdf_dir) / f"{stem}.pdf"] if has_version(want) else \
+        sorted(Path(cfg.pdf_dir).glob(f"{glob.escape(stem)}v*.pdf"), key=lambda p: version_of(p.stem), reverse=True)
+    for path in on_disk:
+        pid = want if has_version(want) else f"{want}v{version_of(path.stem)}"
+        if version_of(pid) and path.is_file() and parse_arxiv_id(pid) and not pdf_problem(path, max_bytes):
+            return {"id": pid, "pdf_path": os.path.relpath(path, cfg.data_dir), "sha256": sha256_file(path)}
     return None
+
+
+def remove_stale_downloads(pdf_dir: str | os.PathLike) -> None:
+    """Temp files of a download that was killed mid-way (atomic writes leave nothing else behind)."""
+    for tmp in Path(pdf_dir).glob(".download.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def download_one(client: HttpClient, rec: dict[str, Any], cfg: ScrapeConfig) -> dict[str, Any]:
@@ -835,6 +854,7 @@ def fetch_all(cfg: ScrapeConfig, client: HttpClient, browser: Browser | None, re
     """Download (or skip) every listed paper; append each finished record to papers.jsonl as it lands,
     then rewrite papers.jsonl deduplicated by id."""
     existing = load_existing(cfg.papers_path)
+    remove_stale_downloads(cfg.pdf_dir)
     for rec in tqdm(result.records, desc="PDFs", unit="pdf"):
         listed_id = rec["id"]
         try:

@@ -219,6 +219,21 @@ def test_hostile_names_oversize_and_html_labelled_pdf(tmp_path, pdf_cache):
     assert {p.name for p in Path(cfg.pdf_dir).iterdir()} == {f"{CORPUS[i].id}.pdf" for i in (0, 3, 4)}
 
 
+def test_rerun_after_losing_papers_jsonl_trusts_valid_files_on_disk(tmp_path, pdf_cache):
+    with DemoSite(cache_dir=pdf_cache) as site:
+        cfg = make_cfg(tmp_path, backend="api", max_papers=3)
+        first = scrape(cfg, api_url=site.api_url())
+        Path(cfg.papers_path).unlink()
+        (Path(cfg.pdf_dir) / ".download.abc.tmp").write_bytes(b"%PDF-half")     # a killed download
+        hits = site.hits("/pdf/")
+        again = scrape(cfg, api_url=site.api_url())
+        assert site.hits("/pdf/") == hits
+    assert first.counts()["downloaded"] == 3 and again.counts() == {"downloaded": 0, "skipped": 3, "failed": 0}
+    assert {r["id"]: r["sha256"] for r in read_jsonl(cfg.papers_path)} == \
+        {r["id"]: r["sha256"] for r in first.records}
+    assert not list(Path(cfg.pdf_dir).glob(".download.*"))
+
+
 # ------------------------------------------------------------------------------------------ the browser (slow: ~40 s)
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, pdf_cache):
