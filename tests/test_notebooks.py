@@ -39,6 +39,17 @@ def test_first_code_cell_is_tagged_parameters_of_plain_literals(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path):
+    """papermill's inspector skips lines it cannot parse (e.g. a comment holding ' = '); then `-p` on the
+    runner would be refused for that name."""
+    import papermill as pm
+
+    cell = parameters_cell(nbformat.read(str(path), as_version=4))
+    names = {stmt.targets[0].id for stmt in ast.parse(cell.source).body}
+    assert set(pm.inspect_notebook(str(path))) == names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_without_outputs_or_secrets(path):
     nb = nbformat.read(str(path), as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
