@@ -9,12 +9,14 @@ without langchain), "pypdfloader" (langchain's PyPDFLoader itself, the original 
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import math
 import multiprocessing as mp
 import os
 import re
 import signal
+import sys
 import time
 import warnings
 from collections import Counter, deque
@@ -484,6 +486,8 @@ def _worker_main(conn, options: dict[str, Any]) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # a forked notebook kernel's streams are not ours to use
+    faulthandler.disable()  # a parser crash is reported by the parent, not dumped into the notebook/pytest
     _limit_memory(int(options.get("max_memory_mb", 0)))
     while True:
         try:
@@ -690,7 +694,10 @@ def parse_pdfs(cfg: ParseConfig, progress: bool = True) -> dict[str, Any]:
     settings_hash = sha256_text(repr(sorted(settings.items())))[:16]
     pdfs = list_pdfs(cfg.pdf_dir)
     titles = load_titles(cfg.papers_path)
-    todo, files, shas = plan_work(pdfs, load_report(cfg.report_path), cfg, settings_hash)
+    previous = load_report(cfg.report_path)
+    if previous.get("files") and previous.get("settings_hash") != settings_hash and not cfg.force:
+        print(f"cleaning/loader settings changed since the last run: reparsing all {len(pdfs)} PDFs")
+    todo, files, shas = plan_work(pdfs, previous, cfg, settings_hash)
     for entry in files.values():
         entry["parsed_in_last_run"] = False
 
@@ -746,6 +753,9 @@ def report_table(report: dict[str, Any]):
 
 def print_summary(report: dict[str, Any]) -> None:
     s = report["summary"]
+    if not s["files"]:
+        print(f"no PDFs in {report.get('pdf_dir')}: run 01_scrape first, or put PDFs there")
+        return
     print(f"{s['files']} PDFs: {s['ok']} ok, {s['skipped']} skipped {s['skipped_by_reason'] or ''}")
     print(f"pages: {s['pages_total']} in ok files -> {s['pages_kept']} kept "
           f"({s['pages_dropped_references']} references/after, {s['pages_dropped_short']} too short); "
