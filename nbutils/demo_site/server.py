@@ -29,6 +29,7 @@ PAGE_FAULTS = ("429_once", "500", "503_once")
 CATEGORY_NAMES = {
     "cs.CL": "Computation and Language", "cs.LG": "Machine Learning", "cs.AI": "Artificial Intelligence",
     "cs.IR": "Information Retrieval", "stat.ML": "Machine Learning (stat)", "cs.SE": "Software Engineering",
+    "cs.DC": "Distributed, Parallel, and Cluster Computing",
 }
 OFFSITE = "http://offsite.invalid"
 
