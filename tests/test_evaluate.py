@@ -1,0 +1,224 @@
+"""05_evaluate: metrics against hand-computed values, the paired bootstrap, batching helpers, the teacher-forced
+NLL against the model's own loss, and an end-to-end run from an original-format JSON (deterministic, resumable)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nbutils import evaluate as ev
+
+
+# ---------------------------------------------------------------- metrics by hand
+def test_shipped_rouge_module_loads_offline_and_matches_hand_computed_values():
+    import evaluate as hf_evaluate
+
+    rouge = hf_evaluate.load(str(ev.ROUGE_METRIC_DIR))
+    out = rouge.compute(predictions=["the cat sat", "a b c", "x y"], references=["the cat sat on the mat", "a b c", "p q"],
+                        use_aggregator=False)
+    # "the cat sat" vs "the cat sat on the mat": unigrams P=3/3 R=3/6 -> F=2/3; bigrams P=2/2 R=2/5 -> F=4/7;
+    # LCS = 3 -> same as ROUGE-1.
+    assert out["rouge1"] == pytest.approx([2 / 3, 1.0, 0.0])
+    assert out["rouge2"] == pytest.approx([4 / 7, 1.0, 0.0])
+    assert out["rougeL"] == pytest.approx([2 / 3, 1.0, 0.0])
+    agg = rouge.compute(predictions=["the cat sat", "a b c"], references=["the cat sat on the mat", "a b c"])
+    assert agg["rouge1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_rouge_scores_uses_stemming():
+    s = ev.rouge_scores(["models learned"], ["model learning"])
+    assert s["rouge1"] == pytest.approx([1.0])
+
+
+def test_corpus_bleu_from_summed_stats_equals_sacrebleu():
+    import sacrebleu
+
+    hyps = ["the cat is on the mat", "there is a dog in the garden today", "completely unrelated words"]
+    refs = ["the cat sat on the mat", "a dog is in the garden today", "nothing in common here"]
+    stats = ev.bleu_stats(hyps, refs)
+    assert stats.shape == (3, 10)
+    ours = ev.corpus_bleu_from_stats(stats.sum(0))[0]
+    assert ours == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert ev.corpus_bleu_from_stats(ev.bleu_stats(["a b c d e"], ["a b c d e"]).sum(0))[0] == pytest.approx(100.0)
+    # a subset's summed stats give that subset's corpus BLEU (what the bootstrap relies on)
+    assert ev.corpus_bleu_from_stats(stats[:2].sum(0))[0] == pytest.approx(
+        sacrebleu.corpus_bleu(hyps[:2], [refs[:2]]).score)
+
+
+# ---------------------------------------------------------------- bootstrap
+def test_paired_bootstrap_ci_contains_true_difference_and_is_not_degenerate():
+    rng = np.random.default_rng(0)
+    n, true_delta = 400, 0.05
+    base = rng.uniform(0.1, 0.6, n)                     # examples differ a lot in difficulty...
+    tuned = base + true_delta + rng.normal(0, 0.05, n)  # ...the paired difference is what matters
+    out = ev.paired_bootstrap([ev.mean_spec("score", base, tuned)], n_boot=2000, seed=1)["score"]
+    lo, hi = out["delta_ci"]
+    assert lo < true_delta < hi
+    assert 0.002 < hi - lo < 0.03                       # paired: far narrower than the per-model spread
+    assert out["delta"] == pytest.approx(float(np.mean(tuned - base)))
+    assert out["p_not_better"] < 0.01
+    b_lo, b_hi = out["base_ci"]
+    assert b_lo < base.mean() < b_hi and b_hi - b_lo > hi - lo
+    again = ev.paired_bootstrap([ev.mean_spec("score", base, tuned)], n_boot=2000, seed=1)["score"]
+    assert again == out                                 # seeded
+
+
+def test_paired_bootstrap_no_difference_gives_ci_around_zero():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, 300)
+    tuned = base + rng.normal(0, 0.1, 300)
+    lo, hi = ev.paired_bootstrap([ev.mean_spec("s", base, tuned)], n_boot=1000, seed=2)["s"]["delta_ci"]
+    assert lo < 0 < hi
+
+
+def test_ratio_spec_bootstraps_token_weighted_nll():
+    rng = np.random.default_rng(5)
+    ntok = rng.integers(5, 50, 300).astype(float)
+    base_nll = ntok * rng.normal(2.0, 0.2, 300)
+    tuned_nll = ntok * rng.normal(1.5, 0.2, 300)
+    m = ev.paired_bootstrap([ev.ratio_spec("nll", base_nll, ntok, tuned_nll, ntok)], n_boot=1000, seed=0)["nll"]
+    assert m["base"] == pytest.approx(base_nll.sum() / ntok.sum())
+    lo, hi = m["delta_ci"]
+    assert lo < -0.5 + 0.05 and hi > -0.5 - 0.05 and hi < 0          # true difference -0.5, clearly lower
+    assert m["p_not_better"] == 0.0                                  # lower is better for NLL
+
+
+# ---------------------------------------------------------------- batching helpers
+def test_left_pad_and_stop_handling():
+    ids, mask = ev.left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ev.cut_at_stop([4, 9, 2, 2, 2], [2]) == ([4, 9], True)
+    assert ev.cut_at_stop([4, 9, 3], [2]) == ([4, 9, 3], False)
+    batches = ev.length_sorted_batches([3, 10, 1, 9, 4], batch_size=2)
+    assert batches == [[1, 3], [4, 0], [2]]
+
+
+def test_clean_answer_cuts_the_next_alpaca_section():
+    assert ev.clean_answer(" It works.\n\n### Instruction:\nNext one") == "It works."
+    assert ev.clean_answer("plain answer  ") == "plain answer"
+
+
+def test_prediction_cache_survives_a_torn_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    c = ev.PredictionCache(path)
+    c.add([{"key": "a", "text": "x"}])
+    with open(path, "a") as f:
+        f.write('{"key": "b", "te')                      # a killed writer
+    c2 = ev.PredictionCache(path)
+    assert c2.get("a")["text"] == "x" and c2.get("b") is None
+    c2.add([{"key": "b", "text": "y"}])
+    assert ev.PredictionCache(path).get("b")["text"] == "y"
+
+
+# ---------------------------------------------------------------- with the embedded model
+@pytest.fixture(scope="module")
+def small_lm(embedded_model_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+def test_reference_nll_matches_the_models_own_loss(small_lm):
+    import torch
+
+    model, tok = small_lm
+    prompts = ["### Instruction:\nName a colour.\n\n### Response:\n", "Q: What is two plus two, exactly?\nA:"]
+    refs = ["Blue is a colour.", "Four."]
+    nll, ntok = ev.reference_nll(model, tok, prompts, refs, batch_size=2)
+    for p, r, got, n in zip(prompts, refs, nll, ntok):
+        p_ids = tok(p)["input_ids"]
+        a_ids = tok(r, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + a_ids])
+        labels = ids.clone()
+        labels[0, :len(p_ids)] = -100
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels).loss.item()  # mean over the answer tokens
+        assert n == len(a_ids)
+        assert got / n == pytest.approx(loss, rel=1e-4, abs=1e-4)
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int = 0, scale: float = 0.05) -> Path:
+    """A LoRA adapter on the embedded model with small random B weights (a stand-in for stage 04's output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps({"config": {"template": "alpaca"}}))
+    return out
+
+
+ORIGINAL_ROWS = [
+    {"Instruction": "What does the paper propose?", "Input": "We propose a sparse attention method for long documents.",
+     "Output": "It proposes a sparse attention method for long documents."},
+    {"Instruction": "Summarise the main result.", "Input": "",
+     "Output": "The method halves memory use while keeping accuracy."},
+    {"Instruction": "Which dataset is used?", "Input": "Experiments use arXiv abstracts from 2020 to 2023.",
+     "Output": "arXiv abstracts from 2020 to 2023."},
+    {"Instruction": "What is LoRA?", "Input": "", "Output": "A low-rank adapter method for fine-tuning large models."},
+    {"Instruction": "Name one limitation.", "Input": "The approach needs labelled data.",
+     "Output": "It needs labelled data."},
+]
+
+
+@pytest.mark.slow
+def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_model, embedded_model_path):
+    d = data_dir_with_model
+    (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS * 4))  # 20 rows -> 4 test rows
+    make_adapter(embedded_model_path, d / "models" / "adapter")
+    params = dict(max_examples=3, max_new_tokens=10, batch_size=2, n_bootstrap=200, verbose=False)
+
+    first = ev.run(str(d), "demo", **params)
+    reports = d / "reports"
+    for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
+        assert (reports / name).stat().st_size > 0, name
+    preds1 = (reports / "predictions.jsonl").read_text()
+    rows = [json.loads(x) for x in preds1.splitlines()]
+    assert len(rows) == 3 and first["n_examples"] == 3
+    assert all({"prompt", "reference", "base", "tuned", "scores"} <= set(r) for r in rows)
+    assert rows[0]["prompt"].startswith("Below is an instruction") and "### Response:" in rows[0]["prompt"]
+    m = first["metrics"]
+    assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu", "ref_nll", "ref_perplexity", "answer_words"}
+    # the adapter really is switched off for the base model and on for the tuned one
+    assert m["ref_nll"]["base"] != pytest.approx(m["ref_nll"]["tuned"], abs=1e-6)
+    assert all(r["scores"]["base"]["new_tokens"] <= 10 for r in rows)
+    report = (reports / "report.md").read_text()
+    assert "| ROUGE-L F1 |" in report and "Largest gains" in report
+
+    # resume: a second run reuses every cached prediction (no generate call at all)
+    calls = []
+    real = ev.generate_batch
+    ev.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        ev.run(str(d), "demo", **params)
+    finally:
+        ev.generate_batch = real
+    assert calls == []
+    assert (reports / "predictions.jsonl").read_text() == preds1
+
+    # determinism: regenerate everything from scratch -> identical files
+    second = ev.run(str(d), "demo", resume=False, **params)
+    assert (reports / "predictions.jsonl").read_text() == preds1
+    assert second["metrics"] == first["metrics"]
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path):
+    (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
+    with pytest.raises(FileNotFoundError, match="04_finetune"):
+        ev.run(str(tmp_path), "demo", verbose=False)
