@@ -738,6 +738,7 @@ def download_one(client: HttpClient, rec: dict[str, Any], cfg: ScrapeConfig) -> 
     try:
         rec["id"] = fetched.final_id
         dest = pdf_path_for(pdf_dir, rec["id"])
+        os.chmod(fetched.tmp, 0o644)          # mkstemp makes 0600; a PDF is for everyone to read
         os.replace(fetched.tmp, dest)
     except BaseException:
         fetched.tmp.unlink(missing_ok=True)
