@@ -875,8 +875,7 @@ def fetch_all(cfg: ScrapeConfig, client: HttpClient, browser: Browser | None, re
             print(f"{listed_id}: failed: {e}")
         if browser and (not has_version(rec["id"]) or not rec["submitted"]):
             try:
-                apply_abs(rec, browser.read_abs(canonical_url(rec["abs_url"], "abs", listed_id)
-                                                if not rec["abs_url"] else rec["abs_url"]))
+                apply_abs(rec, browser.read_abs(rec["abs_url"]))
             except ScrapeError as e:
                 print(f"{listed_id}: abs page not read: {e}")
             if rec["id"] != listed_id:
