@@ -58,7 +58,7 @@ DEMO_PROMPT = """Here is a text from a research paper:
 
 {text}
 
-Write a question about this text, then the sentence from the text that it is about, then the answer."""
+Write a question about this text and answer it."""
 DEMO_REPLY_PREFIX = "Triple 1:\nInstruction:"
 
 
@@ -123,8 +123,9 @@ DEFAULT_PRICES = {
 @dataclass
 class GenerateConfig(StageConfig):
     PROFILE_DEFAULTS: ClassVar[dict] = {
-        "demo": {"backend": "local", "prompt": "demo", "max_pages": 40, "max_input_chars": 700,
-                 "max_tokens": 120, "temperature": 0.0, "batch_size": 8, "repetition_penalty": 1.15},
+        "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
+                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "batch_size": 8,
+                 "repetition_penalty": 1.15},
         "full": {"backend": "groq", "prompt": "original", "max_pages": 0, "max_input_chars": 12000,
                  "max_tokens": 1024, "temperature": 0.5},
     }
@@ -140,6 +141,7 @@ class GenerateConfig(StageConfig):
     prompt_file: str | None = None         # overrides `prompt`: .txt (user message) or .json
     json_mode: bool | None = None          # None: the prompt decides; True needs groq/openai
     max_input_chars: int = 12000           # page text cut to this many characters
+    window_chars: int = 0                  # >0: pages cut into windows of about this many characters (small models)
     min_page_chars: int = 200              # shorter pages are skipped (counted)
     max_tokens: int = 1024                 # reply length limit
     temperature: float = 0.5
@@ -195,9 +197,56 @@ class PageJob:
     messages: list[dict]
 
 
-def select_pages(pages: list[dict], max_pages: int = 0, min_chars: int = 200) -> tuple[list[dict], Counter]:
-    """Usable pages, deduplicated by (paper_id, page, chunk), taken round-robin over papers when capped
-    (so a small `max_pages` still covers many papers). Returns the pages and what was skipped, by reason."""
+def split_windows(text: str, size: int) -> list[str]:
+    """Cut text into windows of at most ~`size` characters at sentence ends (words when a sentence is longer);
+    a short tail joins the window before it."""
+    import re
+
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    windows: list[str] = []
+    cur = ""
+    for sent in sentences:
+        while len(sent) > size:                    # one overlong sentence: cut at a word boundary
+            cut = sent.rfind(" ", 0, size)
+            cut = cut if cut > 0 else size
+            if cur:
+                windows.append(cur)
+                cur = ""
+            windows.append(sent[:cut])
+            sent = sent[cut:].strip()
+        if cur and len(cur) + 1 + len(sent) > size:
+            windows.append(cur)
+            cur = sent
+        else:
+            cur = f"{cur} {sent}".strip()
+    if cur:
+        if windows and len(cur) < size // 3:
+            windows[-1] = f"{windows[-1]} {cur}"
+        else:
+            windows.append(cur)
+    return windows
+
+
+def window_pages(pages: list[dict], size: int) -> list[dict]:
+    """Each page longer than `size` characters becomes several records; window w of a page gets
+    chunk = w (or source chunk * 100 + w when stage 02 already chunked it)."""
+    out = []
+    for p in pages:
+        text = p.get("text") or ""
+        if len(text) <= size:
+            out.append(p)
+            continue
+        base = int(p.get("chunk", 0) or 0)
+        for w, piece in enumerate(split_windows(text, size)):
+            out.append({**p, "text": piece, "chunk": base * 100 + w if base else w})
+    return out
+
+
+def select_pages(pages: list[dict], max_pages: int = 0, min_chars: int = 200,
+                 window_chars: int = 0) -> tuple[list[dict], Counter]:
+    """Usable pages, deduplicated by (paper_id, page, chunk), optionally cut into windows of `window_chars`,
+    taken round-robin over papers when capped (so a small `max_pages` still covers many papers).
+    Returns the pages (or windows) and what was skipped, by reason."""
     skipped: Counter = Counter()
     seen: set = set()
     by_paper: dict[str, list[dict]] = defaultdict(list)
@@ -214,6 +263,8 @@ def select_pages(pages: list[dict], max_pages: int = 0, min_chars: int = 200) ->
             skipped["page_too_short"] += 1
             continue
         by_paper[ident[0]].append(p)
+    if window_chars:
+        by_paper = {k: window_pages(v, window_chars) for k, v in by_paper.items()}
     queues = [sorted(v, key=lambda r: (int(r.get("page", 0) or 0), int(r.get("chunk", 0) or 0)))
               for _, v in sorted(by_paper.items())]
     out: list[dict] = []
@@ -457,7 +508,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                                 f"pages_path at a pages.jsonl)")
     template = cfg.template()
     all_pages = list(read_jsonl(cfg.pages_path))
-    pages, skipped = select_pages(all_pages, cfg.max_pages, cfg.min_page_chars)
+    pages, skipped = select_pages(all_pages, cfg.max_pages, cfg.min_page_chars, cfg.window_chars)
     result = GenerateResult(backend=cfg.backend, model=cfg.model_name, prompt_version=template.version,
                             pages_in_file=len(all_pages), pages_selected=len(pages), pages_skipped=dict(skipped))
     jobs = make_jobs(pages, cfg, template)

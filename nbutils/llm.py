@@ -309,36 +309,30 @@ def iter_completions(backend: Backend, jobs: Iterable[tuple[Any, Messages]], *, 
     if getattr(backend, "batch_size", 1) > 1:
         yield from _iter_batched(backend, jobs, **params)
         return
-    jobs = iter(jobs)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llm") as pool:
-        running: dict = {}
-
-        def submit_next() -> bool:
-            try:
-                key, messages = next(jobs)
-            except StopIteration:
-                return False
-            fut = pool.submit(complete_with_retries, backend, messages, limiter=limiter, policy=policy, **params)
-            running[fut] = key
-            return True
-
-        for _ in range(max(1, workers)):
-            if not submit_next():
-                break
+        # everything is queued at once so workers never wait on the consumer (which fsyncs each reply)
+        running = {pool.submit(complete_with_retries, backend, messages, limiter=limiter, policy=policy,
+                               **params): key for key, messages in jobs}
         fatal: LLMError | None = None
-        while running:
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                key = running.pop(fut)
-                try:
-                    result: Completion | LLMError = fut.result()
-                except LLMError as e:
-                    result = e
-                    if e.fatal:
-                        fatal = fatal or e
-                yield key, result
-                if fatal is None:
-                    submit_next()
+        try:
+            while running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key = running.pop(fut)
+                    if fut.cancelled():
+                        continue
+                    try:
+                        result: Completion | LLMError = fut.result()
+                    except LLMError as e:
+                        result = e
+                        if e.fatal and fatal is None:
+                            fatal = e
+                            for other in running:     # stop what has not started; in-flight ones settle
+                                other.cancel()
+                    yield key, result
+        finally:
+            for other in running:
+                other.cancel()
         if fatal is not None:
             raise fatal
 

@@ -195,6 +195,7 @@ class QualityFilter:
         self._tokenize = tokenize.tokenize
         self._seen_exact: set[tuple] = set()
         self._kept_tokens: list[list[str]] = []
+        self._kept_counts: list[Counter] = []
         self._kept_text: list[str] = []
         self._index: dict[str, set[int]] = defaultdict(set)
         self.drops: Counter = Counter()
@@ -228,7 +229,7 @@ class QualityFilter:
         for j, _ in candidates.most_common():
             other = self._kept_tokens[j]
             # LCS <= shared multiset tokens: skip pairs that cannot reach the threshold
-            shared = sum((counts & Counter(other)).values())
+            shared = sum((counts & self._kept_counts[j]).values())
             bound = 2 * shared / (len(toks) + len(other))
             if bound < self.near_dup_rouge_l:
                 continue
@@ -246,6 +247,7 @@ class QualityFilter:
         toks = self._tokenize(t["instruction"], None)
         j = len(self._kept_tokens)
         self._kept_tokens.append(toks)
+        self._kept_counts.append(Counter(toks))
         self._kept_text.append(t["instruction"])
         for tok in set(toks):
             self._index[tok].add(j)

@@ -37,7 +37,7 @@ def env(monkeypatch, tmp_path):
 
 
 def cfg_for(data_dir, srv, **kw):
-    params = dict(base_url=srv.url, rpm=0, tpm=0, workers=4, max_attempts=3)
+    params = dict(base_url=srv.url, rpm=0, tpm=0, workers=4, max_attempts=3, window_chars=0)
     params.update(kw)
     return GenerateConfig.from_params(profile="full", data_dir=str(data_dir), **params)
 
@@ -241,3 +241,13 @@ def test_local_backend_generates_with_the_embedded_model(data_dir_with_model):
     assert all(r["reply"].startswith(BUILTIN_PROMPTS["demo"].reply_prefix) for r in recs)
     assert all(0 < r["completion_tokens"] <= 24 and r["prompt_tokens"] > 0 for r in recs)
     assert run_generate(cfg).calls == 0
+
+
+def test_window_chars_cuts_long_pages_at_sentences():
+    text = " ".join(f"Sentence number {i} says something about attention." for i in range(40))
+    pages = [{"paper_id": "a", "page": 1, "chunk": 0, "text": text}]
+    out, _ = select_pages(pages, window_chars=300, min_chars=10)
+    assert len(out) > 5 and [p["chunk"] for p in out] == list(range(len(out)))
+    assert all(len(p["text"]) <= 300 for p in out)
+    assert " ".join(p["text"] for p in out) == " ".join(text.split())      # nothing lost
+    assert all(p["text"].endswith(".") for p in out)
