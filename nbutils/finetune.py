@@ -61,7 +61,7 @@ class FinetuneConfig(StageConfig):
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
                  "max_steps": 24, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 16,
                  "packing": False},
-        "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "load_in_4bit": True, "packing": True},
+        "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "load_in_4bit": True},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "output_dir": "adapter"}
 
@@ -89,7 +89,8 @@ class FinetuneConfig(StageConfig):
     seed: int = 42
     # sequences
     max_length: int = 2048
-    packing: bool = False                           # padding-free packing only (no cross-sample attention)
+    packing: Any = "auto"                           # padding-free packing only (no cross-sample attention);
+    #                                                 "auto": on with flash-attn varlen kernels, off otherwise
     packing_strategy: str = "bfd"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -189,7 +190,16 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
     fp16 = device == "cuda" and dtype == torch.float16
     if fp16:
         notes.append("this GPU has no bf16: fp16 mixed precision, LoRA weights kept in fp32")
-    packing = bool(cfg.packing)
+    if cfg.packing == "auto":
+        packing = attn.startswith("flash_attention")
+        if not packing and device == "cuda":
+            notes.append("packing off: without flash-attn, packed rows need an (L x L) block mask under SDPA "
+                         "(correct but slower); packing=True forces it")
+    else:
+        packing = cfg.packing is True or cfg.packing == "true"
+    if packing and attn in ("sdpa", "eager") and device == "cuda":
+        notes.append("packing under SDPA: samples are kept apart by a block-diagonal mask (correct; flash-attn "
+                     "varlen kernels are faster)")
     if packing and not packing_is_isolated(attn):
         packing = False
         notes.append(f"packing refused: attention {attn!r} cannot keep packed samples apart; training unpacked")
@@ -330,32 +340,38 @@ class StopOnNonFiniteLoss(_trainer_callback_base()):
 
 
 class TrainLogRecorder(_trainer_callback_base()):
-    """Collects loss, eval loss, lr, tokens/s and peak memory at every log step."""
+    """Adds tokens/s (training time only, evals excluded) and peak memory to every log entry of the Trainer's
+    state.log_history, which checkpoints save and resume restores, so a resumed run keeps its whole log."""
 
     def __init__(self):
-        self.entries: list[dict] = []
         self._last_time: float | None = None
         self._last_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time, self._last_tokens = time.time(), state.num_input_tokens_seen
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._last_time = time.time()  # evaluation time is not training throughput
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = dict(logs or {})
-        now = time.time()
-        entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-        for k in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if k in logs:
-                entry[k] = logs[k]
-        if "loss" in logs and self._last_time is not None:
-            dt = now - self._last_time
+        if not state.log_history or state.log_history[-1].get("step") != state.global_step:
+            return
+        extra = dict(peak_memory())
+        if "loss" in (logs or {}) and self._last_time is not None:
+            dt = time.time() - self._last_time
             dtok = state.num_input_tokens_seen - self._last_tokens
-            entry["tokens_per_s"] = round(dtok / dt, 1) if dt > 0 else None
-            entry["tokens_seen"] = state.num_input_tokens_seen
-            self._last_time, self._last_tokens = now, state.num_input_tokens_seen
-        entry.update(peak_memory())
-        if len(entry) > 2 + len(peak_memory()) or "eval_loss" in entry:
-            self.entries.append(entry)
+            extra["tokens_per_s"] = round(dtok / dt, 1) if dt > 0 else None
+            self._last_time, self._last_tokens = time.time(), state.num_input_tokens_seen
+        state.log_history[-1].update(extra)
+
+
+LOG_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s",
+            "num_input_tokens_seen", "peak_gpu_mem_gib", "peak_rss_gib")
+
+
+def log_entries(log_history: list[dict]) -> list[dict]:
+    """The per-log-step entries (train loss or eval loss) of a Trainer's log_history, with the fields we keep."""
+    return [{k: e[k] for k in LOG_KEYS if k in e} for e in log_history if "loss" in e or "eval_loss" in e]
 
 
 def peak_memory() -> dict:
@@ -530,8 +546,9 @@ def merge_adapter(cfg: FinetuneConfig, rt: Runtime, adapter_dir: str | Path) -> 
     """Base (in 16/32-bit, never 4-bit: merging into quantised weights loses precision) + adapter -> one model."""
     import torch
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
-    from .models import load_causal_lm, load_tokenizer
+    from .models import load_causal_lm
 
     base = load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=False, dtype=getattr(torch, rt.dtype),
                           device=rt.device)
@@ -540,7 +557,7 @@ def merge_adapter(cfg: FinetuneConfig, rt: Runtime, adapter_dir: str | Path) -> 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp), safe_serialization=True)
-    load_tokenizer(str(adapter_dir)).save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -573,7 +590,13 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
     pad_note = choose_pad_token(tokenizer)
     if verbose and is_main:
         print(pad_note)
-    train_ds, eval_ds, data_info = load_training_data(cfg, tokenizer, verbose=verbose and is_main)
+    if rt.world_size > 1:  # under accelerate launch: rank 0 makes/saves the split once, the others then load it
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():
+            train_ds, eval_ds, data_info = load_training_data(cfg, tokenizer, verbose=verbose and is_main)
+    else:
+        train_ds, eval_ds, data_info = load_training_data(cfg, tokenizer, verbose=verbose and is_main)
     trunc = [truncation_report(train_ds, tokenizer, cfg.max_length, "train")]
     if eval_ds is not None:
         trunc.append(truncation_report(eval_ds, tokenizer, cfg.max_length, "eval"))
@@ -588,8 +611,8 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
         print(f"resuming from {resume_from}")
     t_load = time.time()
     model = load_model_for_training(cfg, rt)
-    recorder = TrainLogRecorder()
-    trainer = build_trainer(cfg, rt, model, tokenizer, train_ds, eval_ds, callbacks=[recorder, *extra_callbacks])
+    trainer = build_trainer(cfg, rt, model, tokenizer, train_ds, eval_ds,
+                            callbacks=[TrainLogRecorder(), *extra_callbacks])
     load_s = time.time() - t_load
     if is_main:
         write_json(Path(cfg.checkpoint_dir) / RUN_CONFIG_FILE, {"fingerprint": fingerprint, "config": cfg.to_dict()})
@@ -606,7 +629,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
         "trainable_params": trainable, "total_params": total,
         "resumed_from": resume_from, "global_step": trainer.state.global_step,
         "train_loss": result.training_loss, "train_runtime_s": round(train_s, 1), "load_s": round(load_s, 1),
-        "tokens_seen": trainer.state.num_input_tokens_seen, "log": recorder.entries,
+        "tokens_seen": trainer.state.num_input_tokens_seen, "log": log_entries(trainer.state.log_history),
     }
     log["summary"] = summarise(log)
     if trainer.is_world_process_zero():
@@ -688,6 +711,9 @@ def launch_command(cfg: FinetuneConfig) -> list[str]:
 
 def launch_distributed(cfg: FinetuneConfig) -> dict:
     """Run the training entry point under `accelerate launch` (DDP) and return the log it wrote."""
+    from .splits import load_split
+
+    load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed)  # made once here, not by every rank
     cmd = launch_command(cfg)
     print("launching:", " ".join(cmd))
     subprocess.run(cmd, check=True)

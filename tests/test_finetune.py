@@ -126,11 +126,17 @@ def test_cpu_runtime_falls_back_and_says_so(tmp_path):
 
 
 def test_packing_is_refused_without_sample_isolation(tmp_path):
-    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), attn_implementation="flex_attention")
+    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), attn_implementation="flex_attention",
+                                        packing=True)
     rt = ft.resolve_runtime(cfg, device="cpu")
     assert rt.packing is False and any("packing refused" in n for n in rt.notes)
+    auto = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path)), device="cpu")
+    assert auto.packing is False  # "auto" packs only with flash-attn's varlen kernels
+    forced = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), packing=True),
+                                device="cpu")
+    assert forced.packing and forced.padding_free  # SDPA keeps packed samples apart (see the test below)
     with pytest.raises(ValueError, match="cross-sample"):
-        ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path),
+        ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), packing=True,
                                                          packing_strategy="wrapped"), device="cpu")
 
 
@@ -232,7 +238,7 @@ class RecordBatches(ft._trainer_callback_base()):
 
 @pytest.mark.slow
 def test_loss_falls_and_adapter_loads_anywhere(data_dir, tmp_path):
-    cfg = tiny_cfg(data_dir, max_steps=10, learning_rate=2e-3, eval_steps=10, merge=True)
+    cfg = tiny_cfg(data_dir, max_steps=8, learning_rate=2e-3, eval_steps=8, merge=True)
     log = ft.train(cfg, verbose=False)
     s = log["summary"]
     assert s["eval_loss_end"] < 0.8 * s["eval_loss_start"], s
@@ -279,6 +285,7 @@ def test_resume_after_kill_continues_at_the_right_step_with_the_same_data(data_d
     log = ft.train(cfg, extra_callbacks=[resumed], verbose=False)
     assert log["resumed_from"].endswith("checkpoint-2") and log["global_step"] == 4
     assert [s for s, _ in resumed.batches] == [3, 4]
+    assert [e["step"] for e in log["log"] if "loss" in e] == [1, 2, 3, 4]  # the log of steps 1-2 survived the kill
     assert [b for s, b in killed.batches if s <= 2] == [b for s, b in reference.batches if s <= 2]
     assert [b for _, b in resumed.batches] == [b for s, b in reference.batches if s >= 3]
     assert (Path(cfg.output_dir) / "adapter_config.json").exists()
