@@ -152,6 +152,7 @@ class GenerateConfig(StageConfig):
     timeout_s: float = 60.0
     batch_size: int = 8                    # local backend: prompts per generate call
     repetition_penalty: float = 1.0        # local backend
+    threads: int = 0                       # local backend: torch CPU threads (0: torch's default)
     min_instruction_chars: int = 10
     min_output_chars: int = 3
     max_field_chars: int = 4000
@@ -373,7 +374,8 @@ def _parse(text: str, json_mode: bool):
 def build_backend(cfg: GenerateConfig, template: PromptTemplate):
     if cfg.backend == "local":
         return make_backend("local", cfg.model_name, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
-                            reply_prefix=template.reply_prefix, repetition_penalty=cfg.repetition_penalty)
+                            reply_prefix=template.reply_prefix, repetition_penalty=cfg.repetition_penalty,
+                            threads=cfg.threads or None)
     backend = make_backend(cfg.backend, cfg.model_name, cfg.base_url, timeout_s=cfg.timeout_s)
     if cfg.use_json_mode() and not backend.supports_json_mode:
         raise ValueError(f"json_mode needs a backend with response_format support, not {cfg.backend}")
