@@ -123,8 +123,8 @@ DEFAULT_PRICES = {
 @dataclass
 class GenerateConfig(StageConfig):
     PROFILE_DEFAULTS: ClassVar[dict] = {
-        "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
-                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "batch_size": 8,
+        "demo": {"backend": "local", "prompt": "demo", "max_pages": 48, "window_chars": 600,
+                 "max_input_chars": 700, "max_tokens": 72, "temperature": 0.0, "batch_size": 8,
                  "repetition_penalty": 1.15},
         "full": {"backend": "groq", "prompt": "original", "max_pages": 0, "max_input_chars": 12000,
                  "max_tokens": 1024, "temperature": 0.5},
@@ -371,6 +371,16 @@ def _parse(text: str, json_mode: bool):
     return parse_json_reply(text) if json_mode else parse_reply(text)
 
 
+def trim_unfinished(text: str, keep_at_least: float = 0.5) -> str:
+    """A field cut off by the token limit, trimmed back to its last full sentence (if that keeps most of it)."""
+    import re
+
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    if ends and ends[-1] >= keep_at_least * len(text):
+        return text[: ends[-1]]
+    return text
+
+
 def build_backend(cfg: GenerateConfig, template: PromptTemplate):
     if cfg.backend == "local":
         return make_backend("local", cfg.model_name, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
@@ -467,6 +477,9 @@ def build_triples(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, di
             no_triples[parsed.reason] += 1
         drops.update(parsed.dropped)
         result.triples_parsed += len(parsed.triples)
+        if parsed.triples and rec.get("finish_reason") == "length":   # the reply was cut off mid-field
+            last = parsed.triples[-1]
+            last["output"] = trim_unfinished(last["output"])
         for t in parsed.triples:
             if qf.keep(t):
                 out.append({"paper_id": j.paper_id, "page": j.page, "chunk": j.chunk, **t,

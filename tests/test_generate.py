@@ -251,3 +251,20 @@ def test_window_chars_cuts_long_pages_at_sentences():
     assert all(len(p["text"]) <= 300 for p in out)
     assert " ".join(p["text"] for p in out) == " ".join(text.split())      # nothing lost
     assert all(p["text"].endswith(".") for p in out)
+
+
+def test_reply_cut_by_the_token_limit_keeps_whole_sentences(env):
+    from nbutils.generate import trim_unfinished
+    assert trim_unfinished("The cache stores keys and values. It al") == "The cache stores keys and values."
+    assert trim_unfinished("No full stop at all here") == "No full stop at all here"
+    with FakeLLMServer(script=[{"content": "Triple 1:\nInstruction: What does the cache store?\nInput:\n"
+                                           "Output: It stores the keys and values of past tokens. It also"}]) as srv:
+        cfg = cfg_for(env, srv, workers=1)
+        run_generate(cfg)
+    lines = [l for l in cfg.cache_path.read_text().splitlines() if "It also" in l]
+    assert len(lines) == 1
+    # the fake server says finish_reason "stop": mark the record as cut and rebuild from the cache
+    cfg.cache_path.write_text(cfg.cache_path.read_text().replace('"finish_reason": "stop", "latency_s"', '"finish_reason": "length", "latency_s"', 1))
+    run_generate(cfg)
+    outs = [t["output"] for t in read_jsonl(env / "triples.jsonl") if t["instruction"] == "What does the cache store?"]
+    assert outs == ["It stores the keys and values of past tokens."]
