@@ -166,6 +166,13 @@ class GenerateConfig(StageConfig):
     dataset_dir: str | None = None
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend not in DEFAULT_MODELS:
+            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(DEFAULT_MODELS)}")
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size={self.test_size} must be between 0 and 1 (a share of the papers)")
+
     @property
     def model_name(self) -> str:
         return self.model or DEFAULT_MODELS.get(self.backend, "")
@@ -382,6 +389,8 @@ def trim_unfinished(text: str, keep_at_least: float = 0.5) -> str:
 
 
 def build_backend(cfg: GenerateConfig, template: PromptTemplate):
+    if cfg.backend == "local" and cfg.use_json_mode():
+        raise ValueError("json_mode needs a backend with response_format support (groq or openai), not local")
     if cfg.backend == "local":
         return make_backend("local", cfg.model_name, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
                             reply_prefix=template.reply_prefix, repetition_penalty=cfg.repetition_penalty,

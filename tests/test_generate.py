@@ -268,3 +268,10 @@ def test_reply_cut_by_the_token_limit_keeps_whole_sentences(env):
     run_generate(cfg)
     outs = [t["output"] for t in read_jsonl(env / "triples.jsonl") if t["instruction"] == "What does the cache store?"]
     assert outs == ["It stores the keys and values of past tokens."]
+
+
+def test_bad_parameters_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown backend 'grok'"):
+        GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), backend="grok")
+    with pytest.raises(ValueError, match="test_size"):
+        GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), test_size=1.5)
