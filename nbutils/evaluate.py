@@ -24,10 +24,10 @@ from nbutils.templates import ALPACA, build_prompt
 
 ROUGE_METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "rouge"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-# Text after which an Alpaca-style answer is over: a model that goes on writing the next "### Instruction:"
-# has finished its answer. Generation also stops at these (per sequence), which saves most of the base
+# Text after which an Alpaca-style answer is over: a model that goes on writing a next "### Instruction:" (or any
+# other "### " section, e.g. the "### Output:" small models invent) has finished its answer. Generation also stops at these (per sequence), which saves most of the base
 # model's rambling on a GPU.
-STOP_MARKERS = ("### Instruction:", "### Input:", "### Response:")
+STOP_MARKERS = ("\n### ", "### Instruction:", "### Input:", "### Response:")
 TRAIN_LOG_FILES = ("train_log.json", "train_config.json", "training_config.json")
 
 
@@ -67,6 +67,11 @@ class EvalConfig(StageConfig):
     confidence: float = 0.95
     n_show: int = 3                       # best and worst examples shown in report.md
     resume: bool = True                   # reuse cached predictions of finished examples
+    threads: int = 0                      # CPU threads for torch (0: torch's default)
+    judge_backend: str = ""               # "" (off), "groq", "openai" or "local": pairwise LLM judge (nbutils.llm)
+    judge_model: str | None = None        # None: the backend's default model
+    judge_base_url: str | None = None     # OpenAI-compatible server URL (judge_backend="openai")
+    judge_max_examples: int = 0           # 0: judge every evaluated example
 
 
 # ---------------------------------------------------------------- data
@@ -163,6 +168,10 @@ def load_model_with_adapter(cfg: EvalConfig, verbose: bool = True):
 
     adapter = check_adapter(cfg.adapter_dir)
     device = pick_device()
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     four_bit = choose_4bit(cfg, device)
     if verbose:
         print(describe_runtime(device) + (", base in 4-bit" if four_bit else ""))
@@ -259,7 +268,7 @@ def generate_batch(model, batch: Sequence[Sequence[int]], pad_id: int, stop_ids:
         max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens or None, do_sample=gen.do_sample,
         pad_token_id=pad_id, eos_token_id=list(stop_ids), num_beams=1)
     if gen.do_sample:
-        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=0)
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if gen.static_cache:
@@ -328,8 +337,10 @@ def generate_answers(model, tok, prompts: Sequence[str], gen: GenParams, batch_s
             records = []
             for j, row in zip(batch, rows):
                 raw = tok.decode(row["ids"], skip_special_tokens=True)
-                records.append({"key": keys[todo[j]], "text": clean_answer(raw, gen.stop_markers), "raw": raw,
-                                "n_new_tokens": row["n_new_tokens"], "stopped": row["stopped"]})
+                text = clean_answer(raw, gen.stop_markers)
+                stopped = row["stopped"] or text != raw.strip()  # EOS, or a stop marker ended the answer
+                records.append({"key": keys[todo[j]], "text": text, "raw": raw,
+                                "n_new_tokens": row["n_new_tokens"], "stopped": stopped})
             cache.add(records)
             bar.update(len(batch))
     return [cache.get(k) for k in keys]
@@ -421,10 +432,11 @@ class MetricSpec:
     base: np.ndarray       # (n, k)
     tuned: np.ndarray      # (n, k)
     fn: Callable[[np.ndarray], np.ndarray]   # (B, k) sums -> (B,) values
-    higher_is_better: bool = True
+    higher_is_better: bool | None = True     # None: descriptive (e.g. length), no better/worse verdict
 
 
-def mean_spec(name: str, base: Sequence[float], tuned: Sequence[float], higher_is_better: bool = True) -> MetricSpec:
+def mean_spec(name: str, base: Sequence[float], tuned: Sequence[float],
+              higher_is_better: bool | None = True) -> MetricSpec:
     b, t = np.asarray(base, float), np.asarray(tuned, float)
     ones = np.ones_like(b)
     return MetricSpec(name, np.stack([b, ones], 1), np.stack([t, ones], 1), lambda s: s[:, 0] / s[:, 1],
@@ -460,15 +472,95 @@ def paired_bootstrap(specs: Sequence[MetricSpec], n_boot: int = 2000, seed: int 
         full_t = float(s.fn(s.tuned.sum(0, keepdims=True))[0])
         bb, bt = s.fn(w @ s.base), s.fn(w @ s.tuned)
         d = bt - bb
-        worse = (d <= 0) if s.higher_is_better else (d >= 0)
+        worse = None if s.higher_is_better is None else (d <= 0) if s.higher_is_better else (d >= 0)
         out[s.name] = {
             "base": full_b, "tuned": full_t, "delta": full_t - full_b,
             "base_ci": [float(x) for x in np.percentile(bb, [lo_q, hi_q])],
             "tuned_ci": [float(x) for x in np.percentile(bt, [lo_q, hi_q])],
             "delta_ci": [float(x) for x in np.percentile(d, [lo_q, hi_q])],
-            "p_not_better": float(worse.mean()), "higher_is_better": s.higher_is_better,
+            "p_not_better": None if worse is None else float(worse.mean()), "higher_is_better": s.higher_is_better,
         }
     return out
+
+
+# ---------------------------------------------------------------- LLM-as-judge (optional)
+JUDGE_SYSTEM = ("You are a strict, impartial grader of answers to questions about research papers. Judge which "
+                "answer is more correct, complete and faithful to the reference answer. Ignore answer order and "
+                "length. Reply with exactly one word: A, B or TIE.")
+
+
+def judge_messages(row: dict, reference: str, answer_a: str, answer_b: str) -> list[dict]:
+    ctx = f"Context:\n{row['input']}\n\n" if str(row.get("input") or "").strip() else ""
+    user = (f"Question:\n{row['instruction']}\n\n{ctx}Reference answer:\n{reference}\n\n"
+            f"Answer A:\n{answer_a or '(empty)'}\n\nAnswer B:\n{answer_b or '(empty)'}\n\n"
+            "Which answer is better? Reply A, B or TIE.")
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'TIE' from the judge's reply (first such word), None when it says none of them."""
+    import re
+
+    m = re.search(r"\b(TIE|A|B)\b", (text or "").upper())
+    return m.group(1) if m else None
+
+
+def judge_pairwise(rows, refs, base: Sequence[str], tuned: Sequence[str], backend, cache_path: str | Path | None,
+                   workers: int = 4) -> list[dict]:
+    """Per example, the judge sees (A=base, B=tuned) and (A=tuned, B=base). tuned_pref = mean over the orders
+    answered of 1 (tuned preferred), 0.5 (tie), 0 (base preferred); None when neither order got a verdict.
+    Verdicts are cached (fsync'd as they arrive), so a rerun pays only for the missing ones."""
+    from tqdm.auto import tqdm
+
+    from nbutils.llm import LLMError, iter_completions
+
+    cache = PredictionCache(cache_path)
+    who = f"{getattr(backend, 'name', '?')}/{getattr(backend, 'model', '?')}"
+    jobs, keys = [], {}
+    for i, r in enumerate(rows):
+        for order, (a, b) in (("base_first", (base[i], tuned[i])), ("tuned_first", (tuned[i], base[i]))):
+            msgs = judge_messages(r, refs[i], a, b)
+            key = sha256_text(who, json.dumps(msgs))
+            keys[(i, order)] = key
+            if cache.get(key) is None:
+                jobs.append(((i, order, key), msgs))
+    failed = 0
+    for (i, order, key), res in tqdm(iter_completions(backend, jobs, workers=workers, max_tokens=8, temperature=0.0),
+                                     total=len(jobs), desc="judge", unit="call"):
+        if isinstance(res, LLMError):
+            failed += 1
+            print(f"judge: example {rows[i]['id']} ({order}) failed: {res.describe()}")
+            continue
+        cache.add([{"key": key, "reply": res.text, "verdict": parse_verdict(res.text)}])
+    if failed:
+        print(f"judge: {failed} call(s) failed; rerun to retry only those")
+    out = []
+    for i in range(len(rows)):
+        prefs, verdicts = [], {}
+        for order in ("base_first", "tuned_first"):
+            rec = cache.get(keys[(i, order)])
+            v = rec["verdict"] if rec else None
+            verdicts[order] = v
+            if v is not None:
+                tuned_letter = "B" if order == "base_first" else "A"
+                prefs.append(0.5 if v == "TIE" else float(v == tuned_letter))
+        consistent = len(prefs) == 2 and prefs[0] == prefs[1]
+        out.append({"tuned_pref": float(np.mean(prefs)) if prefs else None, "verdicts": verdicts,
+                    "consistent": consistent})
+    return out
+
+
+def judge_metrics(judged: list[dict], n_boot: int, seed: int, confidence: float) -> dict:
+    """The judge's preference share of each model with a bootstrap CI (examples with a verdict), and how often
+    its verdict survived swapping the answer order."""
+    s = np.array([j["tuned_pref"] for j in judged if j["tuned_pref"] is not None], float)
+    if not len(s):
+        return {}
+    m = paired_bootstrap([mean_spec("judge_preference", 1 - s, s)], n_boot, seed, confidence)
+    m["judge_preference"]["n_judged"] = int(len(s))
+    m["judge_preference"]["order_consistency"] = float(np.mean([j["consistent"] for j in judged
+                                                                if j["tuned_pref"] is not None]))
+    return m
 
 
 # ---------------------------------------------------------------- the stage
@@ -520,7 +612,16 @@ def evaluate_models(cfg: EvalConfig, model=None, tok=None, verbose: bool = True)
             nll[variant] = reference_nll(model, tok, prompts, refs, nll_bs, cfg.max_prompt_tokens,
                                          cfg.max_reference_tokens, desc="tuned reference NLL")
         t_gen += time.time() - t1
-    result = score_and_report(cfg, rows, prompts, refs, answers, nll, template=template)
+    judged = None
+    if cfg.judge_backend:
+        from nbutils.llm import make_backend
+
+        backend = make_backend(cfg.judge_backend, cfg.judge_model, cfg.judge_base_url, data_dir=cfg.data_dir)
+        k = cfg.judge_max_examples or len(rows)
+        judged = judge_pairwise(rows[:k], refs[:k], [a["text"] for a in answers["base"][:k]],
+                                [a["text"] for a in answers["tuned"][:k]], backend,
+                                Path(cfg.cache_dir) / "eval" / "judge.jsonl")
+    result = score_and_report(cfg, rows, prompts, refs, answers, nll, template=template, judged=judged)
     result["runtime"] = {"device": pick_device(), "base_4bit": four_bit, "seconds_total": round(time.time() - t0, 1),
                          "seconds_generate_and_nll": round(t_gen, 1),
                          "generated_tokens": int(sum(a["n_new_tokens"] for v in answers.values() for a in v)),
@@ -536,7 +637,7 @@ def build_specs(refs, answers, nll, rouge: dict, bleu: dict, n_new: dict) -> lis
     specs.append(ratio_spec("ref_nll", bn, bt, tn, tt))
     specs.append(ratio_spec("ref_perplexity", bn, bt, tn, tt, transform=np.exp))
     specs.append(mean_spec("answer_words", [word_count(a["text"]) for a in answers["base"]],
-                           [word_count(a["text"]) for a in answers["tuned"]], higher_is_better=False))
+                           [word_count(a["text"]) for a in answers["tuned"]], higher_is_better=None))
     specs.append(mean_spec("hit_max_new_tokens", [not a["stopped"] for a in answers["base"]],
                            [not a["stopped"] for a in answers["tuned"]], higher_is_better=False))
     return specs
@@ -544,10 +645,12 @@ def build_specs(refs, answers, nll, rouge: dict, bleu: dict, n_new: dict) -> lis
 
 METRIC_LABELS = {"rouge1": "ROUGE-1 F1", "rouge2": "ROUGE-2 F1", "rougeL": "ROUGE-L F1", "bleu": "BLEU (corpus)",
                  "ref_nll": "reference NLL (nats/token)", "ref_perplexity": "reference perplexity",
-                 "answer_words": "answer length (words)", "hit_max_new_tokens": "share cut at max_new_tokens"}
+                 "answer_words": "answer length (words)", "hit_max_new_tokens": "share cut at max_new_tokens",
+                 "judge_preference": "LLM judge: share preferred (both orders)"}
 
 
-def score_and_report(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, template: str = ALPACA) -> dict:
+def score_and_report(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, template: str = ALPACA,
+                     judged: list[dict] | None = None) -> dict:
     """Metrics, bootstrap CIs and every file under reports/ from finished answers and NLLs."""
     reports = Path(cfg.reports_dir)
     texts = {v: [a["text"] for a in answers[v]] for v in ("base", "tuned")}
@@ -557,6 +660,8 @@ def score_and_report(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: d
     n_new = {v: [a["n_new_tokens"] for a in answers[v]] for v in texts}
     specs = build_specs(refs, answers, nll, rouge, bleu, n_new)
     metrics = paired_bootstrap(specs, cfg.n_bootstrap, cfg.seed, cfg.confidence)
+    if judged:
+        metrics.update(judge_metrics(judged, cfg.n_bootstrap, cfg.seed, cfg.confidence))
     per_example = []
     for i, r in enumerate(rows):
         scores = {}
@@ -566,6 +671,8 @@ def score_and_report(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: d
                          "ref_nll": float(nll[v][0][i] / n_tok) if n_tok else None,
                          "answer_words": word_count(texts[v][i]), "new_tokens": n_new[v][i],
                          "stopped": answers[v][i]["stopped"]}
+        if judged and i < len(judged):
+            scores["judge"] = judged[i]
         per_example.append({"id": r["id"], "paper_id": r.get("paper_id", ""), "instruction": r["instruction"],
                              "input": r["input"], "prompt": prompts[i], "reference": refs[i], "base": texts["base"][i],
                              "tuned": texts["tuned"][i], "scores": scores,
@@ -596,9 +703,12 @@ def metrics_table(metrics: dict) -> str:
              "|---|---:|---:|---:|---|---|"]
     for name, m in metrics.items():
         lo, hi = m["delta_ci"]
-        better = m["delta"] > 0 if m["higher_is_better"] else m["delta"] < 0
         sure = (lo > 0 or hi < 0)
-        verdict = ("yes" if better else "no") + ("" if sure else " (CI includes 0)")
+        if m["higher_is_better"] is None:
+            verdict = "(descriptive)" if sure else "(descriptive; CI includes 0)"
+        else:
+            better = m["delta"] > 0 if m["higher_is_better"] else m["delta"] < 0
+            verdict = ("yes" if better else "no") + ("" if sure else " (CI includes 0)")
         lines.append(f"| {METRIC_LABELS.get(name, name)} | {m['base']:.4g} | {m['tuned']:.4g} | {m['delta']:+.4g} | "
                      f"[{lo:+.4g}, {hi:+.4g}] | {verdict} |")
     return "\n".join(lines)
@@ -617,11 +727,24 @@ def _example_md(e: dict) -> str:
             f"**Tuned** (ROUGE-L {st['rougeL']:.3f}):\n{q(e['tuned'])}\n")
 
 
+def examples_markdown(per_example: list[dict], n_show: int = 3) -> str:
+    """The n largest ROUGE-L gains and losses of the tuned model, as Markdown."""
+    ranked = sorted(per_example, key=lambda e: (e["delta_rougeL"], e["id"]))
+    return "\n\n".join(["## Largest gains of the tuned model (ROUGE-L)\n",
+                         *[_example_md(e) for e in reversed(ranked[-n_show:])],
+                         "## Largest losses of the tuned model (ROUGE-L)\n",
+                         *[_example_md(e) for e in ranked[:n_show]]])
+
+
+def show_examples(reports_dir: str | Path, n_show: int = 3) -> str:
+    """examples_markdown of the predictions.jsonl in `reports_dir` (for the notebook)."""
+    return examples_markdown(list(read_jsonl(Path(reports_dir) / "predictions.jsonl")), n_show)
+
+
 def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str:
     g = result["generation"]
     how = "greedy" if not g["do_sample"] else f"sampled (T={g['temperature']}, top_p={g['top_p']}, seed={g['seed']})"
     b = result["bootstrap"]
-    ranked = sorted(per_example, key=lambda e: (e["delta_rougeL"], e["id"]))
     parts = [
         "# 05 evaluate: base vs tuned",
         f"{result['n_examples']} held-out examples ({result['split']} split), prompt template `{result['template']}`, "
@@ -630,10 +753,7 @@ def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str
         "mean negative log-likelihood per token of the reference answer given the prompt (lower is better).",
         metrics_table(result["metrics"]),
         "![base vs tuned](metrics_ci.png)\n\n![per-example differences](deltas_hist.png)",
-        f"## Largest gains of the tuned model (ROUGE-L)\n",
-        *[_example_md(e) for e in reversed(ranked[-n_show:])],
-        f"## Largest losses of the tuned model (ROUGE-L)\n",
-        *[_example_md(e) for e in ranked[:n_show]],
+        examples_markdown(per_example, n_show),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -697,4 +817,5 @@ def run(data_dir: str = "data", profile: str = "demo", verbose: bool = True, **p
 __all__ = ["EvalConfig", "GenParams", "PredictionCache", "evaluate_models", "generate_answers", "reference_nll",
            "rouge_scores", "bleu_stats", "corpus_bleu_from_stats", "paired_bootstrap", "mean_spec", "ratio_spec",
            "MetricSpec", "load_model_with_adapter", "load_eval_examples", "run", "length_sorted_batches",
-           "left_pad", "clean_answer", "metrics_table", "render_report"]
+           "left_pad", "clean_answer", "metrics_table", "render_report", "examples_markdown", "show_examples",
+           "judge_pairwise", "judge_metrics", "parse_verdict"]

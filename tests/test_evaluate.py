@@ -182,9 +182,9 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
     d = data_dir_with_model
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS * 4))  # 20 rows -> 4 test rows
     make_adapter(embedded_model_path, d / "models" / "adapter")
-    params = dict(max_examples=3, max_new_tokens=10, batch_size=2, n_bootstrap=200, verbose=False)
+    params = dict(max_examples=3, max_new_tokens=8, batch_size=2, n_bootstrap=200)
 
-    first = ev.run(str(d), "demo", **params)
+    first = ev.run(str(d), "demo", verbose=False, **params)   # the notebook's path, loading the model itself
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
         assert (reports / name).stat().st_size > 0, name
@@ -197,23 +197,26 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
     assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu", "ref_nll", "ref_perplexity", "answer_words"}
     # the adapter really is switched off for the base model and on for the tuned one
     assert m["ref_nll"]["base"] != pytest.approx(m["ref_nll"]["tuned"], abs=1e-6)
-    assert all(r["scores"]["base"]["new_tokens"] <= 10 for r in rows)
+    assert all(r["scores"]["base"]["new_tokens"] <= 8 for r in rows)
     report = (reports / "report.md").read_text()
     assert "| ROUGE-L F1 |" in report and "Largest gains" in report
 
-    # resume: a second run reuses every cached prediction (no generate call at all)
+    # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
     real = ev.generate_batch
     ev.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        ev.run(str(d), "demo", **params)
+        ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
     finally:
         ev.generate_batch = real
     assert calls == []
     assert (reports / "predictions.jsonl").read_text() == preds1
 
     # determinism: regenerate everything from scratch -> identical files
-    second = ev.run(str(d), "demo", resume=False, **params)
+    cfg.resume = False
+    second = ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
     assert (reports / "predictions.jsonl").read_text() == preds1
     assert second["metrics"] == first["metrics"]
 
@@ -222,3 +225,51 @@ def test_missing_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
     with pytest.raises(FileNotFoundError, match="04_finetune"):
         ev.run(str(tmp_path), "demo", verbose=False)
+
+
+# ---------------------------------------------------------------- LLM-as-judge through nbutils.llm backends
+class ScriptedJudge:
+    """A Backend (nbutils.llm protocol) whose verdict is a function of the prompt; counts its calls."""
+
+    name, model, supports_json_mode, batch_size = "scripted", "judge-1", False, 1
+
+    def __init__(self, decide):
+        self.decide, self.calls = decide, 0
+
+    def complete(self, messages, *, max_tokens=512, temperature=0.0, json_mode=False):
+        from nbutils.llm import Completion
+
+        self.calls += 1
+        return Completion(text=self.decide(messages[-1]["content"]))
+
+
+def _answer(prompt: str, letter: str) -> str:
+    return prompt.split(f"Answer {letter}:\n", 1)[1].split("\n\n", 1)[0]
+
+
+def test_judge_asks_both_orders_and_scores_the_tuned_preference(tmp_path):
+    rows = [{"id": i, "instruction": f"q{i}", "input": ""} for i in range(4)]
+    refs = [f"right answer {i}" for i in range(4)]
+    base, tuned = [f"wrong {i}" for i in range(4)], list(refs)
+    # a fair judge: picks the answer equal to the reference, wherever it stands
+    fair = ScriptedJudge(lambda p: "A" if _answer(p, "A") == p.split("Reference answer:\n")[1].split("\n\n")[0] else "B")
+    judged = ev.judge_pairwise(rows, refs, base, tuned, fair, tmp_path / "judge.jsonl", workers=1)
+    assert fair.calls == 8                                    # two orders per example
+    assert [j["tuned_pref"] for j in judged] == [1.0] * 4 and all(j["consistent"] for j in judged)
+    m = ev.judge_metrics(judged, n_boot=200, seed=0, confidence=0.95)["judge_preference"]
+    assert m["tuned"] == 1.0 and m["base"] == 0.0 and m["order_consistency"] == 1.0
+    # a position-biased judge (always "A") cancels out: no preference, never order-consistent
+    biased = ScriptedJudge(lambda p: "A")
+    judged = ev.judge_pairwise(rows, refs, base, tuned, biased, tmp_path / "biased.jsonl", workers=1)
+    assert [j["tuned_pref"] for j in judged] == [0.5] * 4 and not any(j["consistent"] for j in judged)
+    # verdicts are cached: a rerun makes no call
+    again = ScriptedJudge(lambda p: "B")
+    assert ev.judge_pairwise(rows, refs, base, tuned, again, tmp_path / "judge.jsonl", workers=1) is not None
+    assert again.calls == 0
+
+
+def test_parse_verdict():
+    assert ev.parse_verdict("B") == "B"
+    assert ev.parse_verdict("Answer A is better.") == "A"
+    assert ev.parse_verdict("tie") == "TIE"
+    assert ev.parse_verdict("neither") is None
