@@ -11,8 +11,8 @@ Every variant generates exactly max_new_tokens per prompt (min_new_tokens = max_
 emit EOS on cue, and equal work keeps the comparison fair. Tokens are counted from the returned rows (up to EOS;
 none comes). tokens/s = generated tokens / wall seconds, after a warm-up call per variant.
 
-    # CPU, the embedded SmolLM2-135M-Instruct (2 cores):
-    .venv/bin/python benchmarks/bench_generation.py
+    # CPU, the embedded SmolLM2-135M-Instruct (2 cores; --threads 1 when other jobs share them):
+    .venv/bin/python benchmarks/bench_generation.py --threads 1
     # GPU, Llama-3-8B shapes with random weights (needs bitsandbytes for the 4-bit original):
     python benchmarks/bench_generation.py --llama3-random --json /tmp/bench_generation.json
 """
@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--max-prompt-len", type=int, default=None)
     p.add_argument("--lora-r", type=int, default=None, help="adapter rank (the original: 64 on all 7 projections)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is much "
+                   "faster when other jobs share the cores)")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     gpu = a.llama3_random
@@ -156,6 +158,8 @@ def load_gpu_model(folder: Path, four_bit: bool):
 def main(argv=None) -> dict:
     a = parse_args(argv)
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if a.threads:
+        torch.set_num_threads(a.threads)
     results: dict = {"args": vars(a)}
     if a.llama3_random:
         assert torch.cuda.is_available(), "--llama3-random needs a CUDA GPU"

@@ -182,8 +182,17 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
     d = data_dir_with_model
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS * 4))  # 20 rows -> 4 test rows
     make_adapter(embedded_model_path, d / "models" / "adapter")
-    params = dict(max_examples=3, max_new_tokens=8, batch_size=2, n_bootstrap=200)
+    params = dict(max_examples=3, max_new_tokens=8, batch_size=2, n_bootstrap=200, threads=1)
+    import torch
 
+    threads = torch.get_num_threads()
+    try:
+        check_end_to_end(d, params)
+    finally:
+        torch.set_num_threads(threads)   # threads=1 is global to the process: give the other tests theirs back
+
+
+def check_end_to_end(d: Path, params: dict) -> None:
     first = ev.run(str(d), "demo", verbose=False, **params)   # the notebook's path, loading the model itself
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
