@@ -123,8 +123,8 @@ DEFAULT_PRICES = {
 @dataclass
 class GenerateConfig(StageConfig):
     PROFILE_DEFAULTS: ClassVar[dict] = {
-        "demo": {"backend": "local", "prompt": "demo", "max_pages": 48, "window_chars": 600,
-                 "max_input_chars": 700, "max_tokens": 72, "temperature": 0.0, "batch_size": 8,
+        "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
+                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "batch_size": 8,
                  "repetition_penalty": 1.15},
         "full": {"backend": "groq", "prompt": "original", "max_pages": 0, "max_input_chars": 12000,
                  "max_tokens": 1024, "temperature": 0.5},
@@ -347,7 +347,8 @@ class GenerateResult:
         fails = len(self.pages_failed)
         lines = [
             f"{self.backend}:{self.model}  prompt {self.prompt_version}",
-            f"pages: {self.pages_selected} selected of {self.pages_in_file} ({self.pages_cached} from cache, "
+            f"pages: {self.pages_selected} pages/windows selected from {self.pages_in_file} pages "
+            f"({self.pages_cached} from cache, "
             f"{self.calls} called, {fails} failed); skipped {self.pages_skipped or 'none'}",
             f"triples: {self.triples_parsed} parsed -> {self.triples_kept} kept from {self.papers} papers "
             f"({self.triples_per_page:.2f} per page)",
