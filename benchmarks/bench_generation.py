@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import sys
 import tempfile
@@ -193,9 +194,13 @@ def main(argv=None) -> dict:
         return attach_lora(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), a.lora_r, a.seed)
 
     # group variants by the weights they need, so each model is loaded once
-    groups = {True: [v for v in variants if v in ("original", "ours_4bit")] if a.llama3_random else [],
-              False: [v for v in variants if v in ("ours", "ours_static")] + ([] if a.llama3_random else
-                                                                              [v for v in variants if v == "original"])}
+    four_bit_ok = a.llama3_random and importlib.util.find_spec("bitsandbytes") is not None
+    if a.llama3_random and not four_bit_ok:
+        print("bitsandbytes is not installed: the original loop runs on bf16 weights instead of 4-bit (a faster, "
+              "so conservative, baseline) and ours_4bit is skipped", flush=True)
+    four_bit_variants = ("original", "ours_4bit") if four_bit_ok else ()
+    groups = {False: [v for v in variants if v not in four_bit_variants and v != "ours_4bit"],
+              True: [v for v in variants if v in four_bit_variants]}
     for four_bit, vs in groups.items():
         if not vs:
             continue

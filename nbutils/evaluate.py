@@ -36,7 +36,7 @@ class EvalConfig(StageConfig):
     """Parameters of 05_evaluate (notebook parameters with the same names)."""
 
     PROFILE_DEFAULTS: ClassVar[dict] = {
-        "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 48,
+        "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
                  "batch_size": 12, "n_bootstrap": 1000},
         "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "max_examples": 0, "max_new_tokens": 512,
                  "batch_size": 64, "n_bootstrap": 10000, "max_prompt_tokens": 2048},
@@ -752,6 +752,9 @@ def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str
         f"{int(b['confidence'] * 100)}% percentile intervals. BLEU is corpus BLEU (sacrebleu); reference NLL is the "
         "mean negative log-likelihood per token of the reference answer given the prompt (lower is better).",
         metrics_table(result["metrics"]),
+        *(["*Only %d examples: percentile bootstrap intervals are too narrow for samples this small; read them as "
+           "indicative. Evaluate more examples (max_examples=0: the whole split) before drawing conclusions.*"
+           % result["n_examples"]] if result["n_examples"] < 30 else []),
         "![base vs tuned](metrics_ci.png)\n\n![per-example differences](deltas_hist.png)",
         examples_markdown(per_example, n_show),
     ]
