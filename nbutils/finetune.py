@@ -59,7 +59,7 @@ class FinetuneConfig(StageConfig):
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "load_in_4bit": False, "lora_r": 16,
                  "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 4,
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
-                 "max_steps": 24, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 16,
+                 "max_steps": 24, "eval_steps": 12, "save_steps": 12, "logging_steps": 2, "max_eval_samples": 16,
                  "packing": False},
         "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "load_in_4bit": True},
     }
@@ -421,7 +421,8 @@ def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool):
 def run_fingerprint(cfg: FinetuneConfig, train_ds) -> str:
     """What a checkpoint was trained on: the training-relevant config plus the train data."""
     relevant = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_FIELDS}
-    data = train_ds._fingerprint if hasattr(train_ds, "_fingerprint") else str(len(train_ds))
+    # the rows' content, not datasets' _fingerprint (that one can be random across processes)
+    data = sha256_text(*(json.dumps([r["prompt"], r["completion"]], sort_keys=True) for r in train_ds))
     return sha256_text(json.dumps(relevant, sort_keys=True, default=str), data)
 
 
@@ -619,6 +620,8 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if verbose and is_main:
         print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    if resume_from:
+        trainer.args.eval_on_start = False  # the checkpoint's log already holds the eval before step 1
     t_train = time.time()
     result = run_training(trainer, cfg, rt, resume_from)
     train_s = time.time() - t_train
@@ -638,7 +641,9 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
             log["merged_dir"] = str(merge_adapter(cfg, rt, out))
         log["total_s"] = round(time.time() - t_start, 1)
         write_json(out / TRAIN_LOG, log)
-        plot_loss(log, out / LOSS_PNG)
+        from .plots import plt
+
+        plt.close(plot_loss(log, out / LOSS_PNG))  # the notebook shows the saved PNG once
         if verbose:
             print(f"adapter -> {out}  ({log['total_s']} s in all)")
     return log
