@@ -59,7 +59,7 @@ class FinetuneConfig(StageConfig):
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "load_in_4bit": False, "lora_r": 16,
                  "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 4,
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
-                 "max_steps": 24, "eval_steps": 12, "save_steps": 12, "logging_steps": 2, "max_eval_samples": 16,
+                 "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 16,
                  "packing": False},
         "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "load_in_4bit": True},
     }
