@@ -1,0 +1,749 @@
+"""Issue 8: QLoRA throughput on a GPU, the original project's recipe vs ours, through the project's stage-04 code.
+
+Subcommands (each prints a short table; `--json` writes every figure):
+  make-model  random-weight Llama-3-8B (or SmolLM2-135M) folder from its config (no hub needed; the arithmetic
+              and memory of training are the real ones)
+  make-data   an original-format arxiv_instruction_dataset.json of synthetic rows (for the 04/05 notebooks)
+  check       correctness: varlen attention vs SDPA (outputs and gradients), and that packed samples cannot see
+              each other (logits of a sample packed with others == logits of the sample alone)
+  train       train a few optimizer steps per case and measure tokens/s (real, non-pad tokens), MFU (4*N FLOPs per
+              token) and peak GPU memory; several cases share one loaded 4-bit model; runs under
+              `accelerate launch` too (DDP: tokens summed over ranks)
+  gen         generation speed: the original's loop (one example per generate, sampled) vs stage 05's batched greedy
+
+Models are built through nbutils.finetune (FinetuneConfig, resolve_runtime, load_model_for_training,
+build_trainer: TRL SFTTrainer with the stage's LoRA/SFT configs). Knobs the stage lacks yet (Liger kernels,
+varlen attention, no fp32 upcast of the non-quantised weights) are applied here on top and listed in RESULTS.md.
+
+CPU dry run (tiny random Llama, plain LoRA, no 4-bit/Liger):
+  python benchmarks/bench_finetune_gpu.py make-model --arch tiny --out /tmp/tiny --tokenizer .gpu_assets/smollm2
+  python benchmarks/bench_finetune_gpu.py train --model /tmp/tiny --cpu --cases original,default --steps 1 \
+      --n-samples 120 --min-len 20 --max-len 60 --seq-len 128
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (str(REPO), str(REPO / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+PEAK_TFLOPS = 790.0   # dense bf16 matmul measured on this workplace's H100s (KINDS.md: 778-798)
+
+ARCHS = {
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False,
+                      rope_theta=500000.0),
+    "tiny": dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                 bos_token_id=1, eos_token_id=2, tie_word_embeddings=True, rope_theta=10000.0),
+}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ------------------------------------------------------------------------------------------------ models and data
+def llama_config(arch: str):
+    from transformers import LlamaConfig
+
+    kw = dict(ARCHS[arch])
+    theta = kw.pop("rope_theta")
+    cfg = LlamaConfig(**kw)
+    if hasattr(cfg, "rope_parameters"):
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    else:
+        cfg.rope_theta = theta
+    return cfg
+
+
+def make_model(arch: str, out: str, tokenizer: str | None, device: str) -> dict:
+    """Random-weight model folder (bf16 safetensors) + tokenizer files; returns what it built."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    t0 = time.time()
+    if arch in ARCHS:
+        cfg = llama_config(arch)
+    else:  # a config.json folder (e.g. the embedded SmolLM2's)
+        cfg = AutoConfig.from_pretrained(arch)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    torch.set_default_dtype(prev)
+    n = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out, max_shard_size="5GB")
+    if tokenizer:
+        for f in Path(tokenizer).iterdir():
+            if f.name.startswith("tokenizer") or f.suffix in (".jinja",) or f.name == "special_tokens_map.json":
+                shutil.copy(f, Path(out) / f.name)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    info = {"arch": arch, "params": n, "out": out, "seconds": round(time.time() - t0, 1)}
+    log(f"built {arch}: {n / 1e9:.3f} B params -> {out} in {info['seconds']} s")
+    return info
+
+
+def make_data(out_dir: str, rows: int, seed: int = 0) -> str:
+    """Original-format JSON (Instruction/Input/Output) of synthetic but well-formed rows."""
+    import random
+
+    rng = random.Random(seed)
+    topics = ["sparse attention", "graph neural networks", "diffusion models", "contrastive learning",
+              "protein folding", "quantum error correction", "federated learning", "reinforcement learning"]
+    verbs = ["Summarise", "Explain", "Describe", "List the contributions of", "What problem does the paper solve in"]
+    data = []
+    for i in range(rows):
+        t = rng.choice(topics)
+        data.append({"Instruction": f"{rng.choice(verbs)} the section on {t}.",
+                     "Input": f"Section {i}: we study {t} and report results on {rng.randint(2, 9)} benchmarks.",
+                     "Output": f"The section studies {t}; it reports gains of {rng.randint(1, 30)}% over the "
+                               f"baseline on {rng.randint(2, 9)} benchmarks and discusses limits."})
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / "arxiv_instruction_dataset.json"
+    path.write_text(json.dumps(data, indent=1))
+    log(f"wrote {rows} rows -> {path}")
+    return str(path)
+
+
+def sample_lengths(n: int, lo: int, hi: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(lo, hi + 1, size=n)
+
+
+def short_samples(n: int, lo: int, hi: int, vocab: int, seed: int = 0) -> dict:
+    """Pre-tokenised instruction samples: random ids, a prompt part (no loss) and a completion part."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    ids, cmask = [], []
+    for L in sample_lengths(n, lo, hi, seed):
+        p = int(L * rng.uniform(0.3, 0.7))
+        ids.append(rng.integers(10, vocab, size=int(L)).tolist())
+        cmask.append([0] * p + [1] * (int(L) - p))
+    return {"input_ids": ids, "completion_mask": cmask}
+
+
+def concat_chunks(samples: dict, seq_len: int, eos_id: int) -> dict:
+    """The original project's packing: samples joined with EOS and cut into fixed rows, attention crossing them."""
+    flat: list[int] = []
+    for x in samples["input_ids"]:
+        flat.extend(x)
+        flat.append(eos_id)
+    n = len(flat) // seq_len
+    return {"input_ids": [flat[i * seq_len:(i + 1) * seq_len] for i in range(n)]}
+
+
+# ------------------------------------------------------------------------------------------------ cases
+@dataclasses.dataclass
+class Case:
+    name: str
+    data: str = "packed"          # "concat" (original: fixed rows, cross-sample attention), "packed" (padding-free
+                                  # BFD, isolated), "padded" (one sample a row, padded to the longest in the batch)
+    attn: str = "sdpa"            # "sdpa" or "varlen" (gpu_varlen_attention)
+    liger: bool = False
+    gc: bool = True
+    mb: int = 4
+    accum: int = 4
+    optim: str = "paged_adamw_8bit"
+    upcast: bool = True           # peft.prepare_model_for_kbit_training's fp32 copy of the non-quantised weights
+    compile: bool = False         # torch.compile of each decoder layer
+    lora_dropout: float = 0.1     # the original's; 0 skips PEFT's dropout (a recipe change, reported as such)
+    steps: int | None = None      # timed optimizer steps (None: --steps)
+    note: str = ""
+
+
+CASES = {c.name: c for c in [
+    Case("original", data="concat", note="the original project's recipe exactly (cross-sample attention)"),
+    Case("original_noupcast", data="concat", upcast=False,
+         note="the original's recipe without peft's fp32 copy of embeddings/norms/lm_head"),
+    Case("original_padded", data="padded", steps=10, note="original knobs, short samples padded, no packing"),
+    Case("nolig_varlen_nogc", attn="varlen", gc=False, upcast=False, note="ablation: ours without Liger"),
+    Case("default", attn="varlen", liger=True, gc=False, upcast=False, note="proposed full-profile default"),
+    Case("default_upcast", attn="varlen", liger=True, gc=False, upcast=True, note="ablation: fp32 upcast kept"),
+    Case("default_sdpa_mask", attn="sdpa", liger=True, gc=False, upcast=False,
+         note="ablation: isolation by SDPA block mask instead of varlen"),
+    Case("default_fused_adamw", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused",
+         note="ablation: fused AdamW (fp32 states)"),
+    Case("default_mb8", attn="varlen", liger=True, gc=False, upcast=False, mb=8, accum=2,
+         note="ablation: micro-batch 8 x accum 2"),
+    Case("lean_mb8", attn="varlen", liger=True, gc=True, upcast=False, mb=8, accum=2,
+         note="lean, micro-batch 8 x accum 2"),
+    Case("lean", attn="varlen", liger=True, gc=True, upcast=False, note="lean: under the original's memory"),
+    Case("lean_mb16", attn="varlen", liger=True, gc=True, upcast=False, mb=16, accum=1,
+         note="lean, micro-batch 16 x accum 1"),
+    Case("ours_padded", data="padded", attn="sdpa", liger=True, gc=False, upcast=False, steps=10,
+         note="our knobs but padded instead of packed (short samples)"),
+    Case("default_nodrop", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused",
+         lora_dropout=0.0, note="default + fused AdamW + LoRA dropout 0 (recipe change)"),
+    Case("lean_nodrop", attn="varlen", liger=True, gc=True, upcast=False, lora_dropout=0.0,
+         note="lean + LoRA dropout 0 (recipe change)"),
+    Case("lean_mb8_nodrop", attn="varlen", liger=True, gc=True, upcast=False, mb=8, accum=2, lora_dropout=0.0,
+         note="lean mb 8 + LoRA dropout 0 (recipe change)"),
+    Case("default_compile", attn="varlen", liger=True, gc=False, upcast=False, compile=True,
+         note="default + torch.compile per decoder layer"),
+    Case("default_nolig_cpu", attn="sdpa", gc=False, upcast=False, note="CPU dry run"),
+]}
+
+
+def set_float_weights(model, dtype) -> None:
+    """Cast every non-quantised floating weight (norms, embeddings, lm_head) to dtype; 4-bit weights untouched."""
+    import torch
+
+    for p in model.parameters():
+        if p.__class__.__name__ == "Params4bit" or not p.is_floating_point() or p.requires_grad:
+            continue
+        if p.dtype != dtype and p.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            p.data = p.data.to(dtype)
+
+
+def set_attention(model, impl: str) -> str:
+    if impl == "varlen":
+        from gpu_varlen_attention import register, varlen_available
+
+        if not varlen_available():
+            log("torch.nn.attention.varlen is not usable here: SDPA (block mask) instead")
+            impl = "sdpa"
+        else:
+            impl = register()
+    try:
+        model.set_attn_implementation(impl)
+    except Exception:
+        model.config._attn_implementation = impl
+    return model.config._attn_implementation
+
+
+class StepTimer:
+    """Counts real tokens at each forward (non-pad: attention_mask sum, or all ids when padding-free) and times
+    optimizer steps after the warm-up ones, with the GPU synchronised at both ends."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback  # noqa: F401
+
+        self.warmup, self.tokens, self.t0, self.tok0 = warmup, 0, None, 0
+        self.t1 = None
+        self.tok1 = 0
+        self.step_times: list[float] = []
+        self._last = None
+        self.last_timed: int | None = None
+        self.profile = False
+        self.prof = None
+        self.profile_report = None
+
+    def start_profile(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self.prof.__enter__()
+        self._pt0 = time.perf_counter()
+
+    def stop_profile(self):
+        if self.prof is None:
+            return
+        try:
+            self._stop_profile()
+        except Exception as e:
+            log(f"profiler failed: {type(e).__name__}: {e}")
+        self.prof = None
+
+    def _stop_profile(self):
+        sync()
+        wall = time.perf_counter() - self._pt0
+        self.prof.__exit__(None, None, None)
+        ka = self.prof.key_averages()
+        gpu_us = sum(e.self_device_time_total for e in ka if e.self_device_time_total > 0 and not e.key.startswith("ProfilerStep"))
+        self.profile_report = {"wall_s": round(wall, 3), "kernel_time_s": round(gpu_us / 1e6, 3),
+                               "top_gpu": ka.table(sort_by="self_device_time_total", row_limit=25),
+                               "top_cpu": ka.table(sort_by="self_cpu_time_total", row_limit=15)}
+        self.prof = None
+
+    def hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if module.training and ids is not None:
+            self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                model.register_forward_pre_hook(timer.hook, with_kwargs=True)
+
+            def on_step_end(self, args, state, control, **kw):
+                sync()
+                now = time.perf_counter()
+                if timer._last is not None:
+                    timer.step_times.append(now - timer._last)
+                timer._last = now
+                if state.global_step == timer.warmup:
+                    timer.t0, timer.tok0 = now, timer.tokens
+                if timer.last_timed is None or state.global_step <= timer.last_timed:
+                    timer.t1, timer.tok1 = now, timer.tokens
+                if timer.profile and state.global_step == timer.last_timed:
+                    timer.start_profile()
+
+            def on_train_end(self, args, state, control, **kw):
+                timer.stop_profile()
+
+        return _CB()
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def sft_config_extras(**extra):
+    """Add SFTConfig fields the stage's build_sft_config does not set yet (e.g. use_liger_kernel)."""
+    from nbutils import finetune
+
+    orig = finetune.build_sft_config
+
+    def patched(cfg, rt, has_eval):
+        args = orig(cfg, rt, has_eval)
+        for k, v in extra.items():
+            setattr(args, k, v)
+        return args
+
+    finetune.build_sft_config = patched
+    try:
+        yield
+    finally:
+        finetune.build_sft_config = orig
+
+
+def n_params_unquantised(model_dir: str) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in m.parameters())
+
+
+def compile_layers(model) -> None:
+    for layer in model.get_base_model().model.layers if hasattr(model, "get_base_model") else model.model.layers:
+        layer.compile()
+
+
+def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) -> dict:
+    import torch
+    from datasets import Dataset
+
+    from nbutils import finetune
+
+    if device == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    steps = case.steps or args.steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = finetune.FinetuneConfig.from_params(
+        profile="full", data_dir=args.work_dir, base_model=args.model, max_length=args.seq_len,
+        per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
+        gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
+        max_steps=args.warmup + steps, save_steps=10**6, logging_steps=10**6, eval_steps=10**6,
+        attn_implementation="sdpa", warmup_steps=1, resume=False, lora_dropout=case.lora_dropout)
+    rt = finetune.resolve_runtime(cfg, device=device)
+    set_float_weights(base, torch.float32 if (case.upcast and rt.load_in_4bit) else getattr(torch, rt.dtype))
+    attn = set_attention(base, case.attn)
+    if case.gc:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_disable()
+    data = ds["concat"] if case.data == "concat" else ds["samples"]
+    train = Dataset.from_dict(data)
+    timer = StepTimer(args.warmup)
+    timer.last_timed = args.warmup + steps
+    timer.profile = case.name in (args.profile or "").split(",")
+    if timer.profile:
+        cfg.max_steps = args.warmup + steps + 1
+    extras = {"use_liger_kernel": True} if case.liger else {}
+    if world > 1:
+        extras["ddp_find_unused_parameters"] = False
+    with sft_config_extras(**extras):
+        trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
+    if case.compile:
+        compile_layers(trainer.model)
+    mem0 = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
+    t_start = time.time()
+    err = None
+    try:
+        trainer.train()
+    except Exception as e:  # record and go on with the next case
+        err = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"[{case.name}] FAILED: {err}")
+    wall = time.time() - t_start
+    tokens = timer.tok1 - timer.tok0
+    secs = (timer.t1 - timer.t0) if timer.t0 is not None else float("nan")
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([tokens, secs], dtype=torch.float64, device=device)
+        dist.all_reduce(t[:1])
+        dist.all_reduce(t[1:], op=dist.ReduceOp.MAX)
+        tokens, secs = int(t[0].item()), float(t[1].item())
+    tps = tokens / secs if secs and secs == secs and secs > 0 else float("nan")
+    res = {
+        "case": case.name, "note": case.note, "data": case.data, "attn": attn, "liger": case.liger,
+        "gradient_checkpointing": case.gc, "micro_batch": case.mb, "accum": case.accum, "optim": rt.optim,
+        "fp32_upcast": case.upcast, "compile": case.compile, "lora_dropout": case.lora_dropout, "world_size": world, "timed_steps": steps,
+        "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tps, 1),
+        "tokens_per_step": round(tokens / steps, 1) if steps else None,
+        "mfu": round(tps * 4 * n_params / (PEAK_TFLOPS * 1e12) / world, 4) if tps == tps else None,
+        "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device == "cuda" else None,
+        "alloc_at_start_gib": round(mem0, 2), "wall_s": round(wall, 1), "error": err,
+        "step_times_s": [round(x, 3) for x in timer.step_times],
+        "profile": timer.profile_report,
+        "loss": next((h.get("train_loss") for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
+    }
+    if is_main() and timer.profile_report:
+        rep = timer.profile_report
+        log(f"[{case.name}] profiled step: {rep['wall_s']} s wall, {rep['kernel_time_s']} s of GPU kernels")
+        log(rep["top_gpu"])
+        log(rep["top_cpu"])
+    if is_main():
+        log(f"[{case.name}] {res['tokens_per_s']} tok/s, MFU {res['mfu']}, peak {res['peak_alloc_gib']} GiB "
+            f"(reserved {res['peak_reserved_gib']}), steps {res['step_times_s']}, {res['wall_s']} s wall")
+    # give the base model back without LoRA for the next case
+    model = trainer.model
+    del trainer
+    if hasattr(model, "unload"):
+        model.unload()
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def load_base(args, device: str):
+    """The base model through the stage's own loader (4-bit nf4 double-quant on CUDA)."""
+    from nbutils import finetune
+
+    cfg = finetune.FinetuneConfig.from_params(profile="full", data_dir=args.work_dir, base_model=args.model,
+                                              attn_implementation="sdpa", gradient_checkpointing=True,
+                                              load_in_4bit=not args.bf16_base)
+    rt = finetune.resolve_runtime(cfg, device=device)
+    t0 = time.time()
+    base = finetune.load_model_for_training(cfg, rt)
+    log(f"loaded base ({'4-bit' if rt.load_in_4bit else rt.dtype}) in {time.time() - t0:.1f} s; {rt.describe()}")
+    return base
+
+
+def cmd_train(args) -> list[dict]:
+    import torch
+
+    from nbutils.finetune import choose_pad_token
+    from nbutils.models import load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(args.tokenizer or args.model, args.work_dir)
+    choose_pad_token(tok)
+    n_params = n_params_unquantised(args.model)
+    vocab = min(len(tok), 49152)
+    samples = short_samples(args.n_samples, args.min_len, args.max_len, vocab, seed=args.seed)
+    ds = {"samples": samples, "concat": concat_chunks(samples, args.seq_len, tok.eos_token_id)}
+    if is_main():
+        n_tok = sum(len(x) for x in samples["input_ids"])
+        log(f"N = {n_params / 1e9:.3f} B params; {len(samples['input_ids'])} samples of {args.min_len}-"
+            f"{args.max_len} tokens ({n_tok} tokens); {len(ds['concat']['input_ids'])} concatenated rows of "
+            f"{args.seq_len}")
+    base = load_base(args, device)
+    results = []
+    for name in args.cases.split(","):
+        case = dataclasses.replace(CASES[name])
+        if device == "cpu":
+            case.liger, case.optim = False, "adamw_torch"
+            if case.attn == "varlen":
+                case.attn = "sdpa"
+        results.append(run_case(case, base, tok, ds, args, n_params, device))
+        if is_main() and args.json:
+            write_results(args.json, {"kind": "train", "env": environment(), "n_params": n_params,
+                                      "args": vars(args), "results": results})
+    if is_main():
+        print_train_table(results)
+    return results
+
+
+def print_train_table(results: list[dict]) -> None:
+    ref = next((r for r in results if r["case"] == "original" and r["tokens_per_s"] == r["tokens_per_s"]), None)
+    ref_pad = next((r for r in results if r["case"] == "original_padded"), None)
+    log("\n| case | data | attn | liger | ckpt | mb x acc | GPUs | tok/s | MFU | peak GiB (alloc/reserved) | x original |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        base = ref_pad if r["data"] == "padded" and ref_pad else ref
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base and r["tokens_per_s"] else "-"
+        log(f"| {r['case']} | {r['data']} | {r['attn']} | {r['liger']} | {r['gradient_checkpointing']} | "
+            f"{r['micro_batch']}x{r['accum']} | {r['world_size']} | {r['tokens_per_s']:,} | {r['mfu']} | "
+            f"{r['peak_alloc_gib']}/{r['peak_reserved_gib']} | {ratio} |" + (f" ERROR {r['error']}" if r['error'] else ""))
+
+
+# ------------------------------------------------------------------------------------------------ correctness
+def cmd_check(args) -> dict:
+    """varlen vs SDPA numerics, and packed-sample isolation at the model level, for each attention available."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    out: dict = {"device": device}
+    torch.manual_seed(0)
+    if device == "cuda":
+        from gpu_varlen_attention import _varlen_call, varlen_available
+
+        out["varlen_available"] = varlen_available()
+        if out["varlen_available"]:
+            lens = [300, 700, 1048]
+            T, Hq, Hk, D = sum(lens), 32, 8, 128
+            q = torch.randn(T, Hq, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            k = torch.randn(T, Hk, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            v = torch.randn(T, Hk, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            g = torch.randn(T, Hq, D, device="cuda", dtype=torch.bfloat16)
+            cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+            o = _varlen_call(q, k, v, cu, max(lens), D ** -0.5)
+            (o.float() * g.float()).sum().backward()
+            grads = [x.grad.clone() for x in (q, k, v)]
+            qr, kr, vr = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+            outs = []
+            for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+                qs = qr[a:b].transpose(0, 1)
+                ks = kr[a:b].transpose(0, 1).repeat_interleave(Hq // Hk, 0)
+                vs = vr[a:b].transpose(0, 1).repeat_interleave(Hq // Hk, 0)
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1))
+            ref = torch.cat(outs)
+            (ref * g.double()).sum().backward()
+
+            def rel(a, b):
+                return float((a.double() - b.double()).norm() / b.double().norm())
+
+            out["varlen_out_rel_err"] = rel(o, ref)
+            out["varlen_grad_rel_err"] = [rel(a, b.grad) for a, b in zip(grads, (qr, kr, vr))]
+    # model-level isolation: a sample's logits alone vs packed after another sample
+    cfg = llama_config("tiny")
+    cfg.num_hidden_layers = 2
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    a = torch.randint(10, 1000, (1, 37), device=device)
+    b = torch.randint(10, 1000, (1, 53), device=device)
+    packed = torch.cat([a, b], 1)
+    pos = torch.cat([torch.arange(37), torch.arange(53)]).unsqueeze(0).to(device)
+    cu = torch.tensor([0, 37, 90], dtype=torch.int32, device=device)
+    impls = ["sdpa"] + (["varlen"] if device == "cuda" and out.get("varlen_available") else [])
+    for impl in impls:
+        set_attention(model, impl)
+        with torch.no_grad():
+            alone = model(input_ids=b, use_cache=False).logits[0].float()
+            extra = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 53, "max_length_k": 53}
+            iso = model(input_ids=packed, position_ids=pos, use_cache=False, **extra).logits[0, 37:].float()
+            cross = model(input_ids=packed, use_cache=False).logits[0, 37:].float()  # the original's packing: no boundary
+            iso_pos = model(input_ids=packed, position_ids=pos, use_cache=False).logits[0, 37:].float()
+        out[f"{impl}_packed_vs_alone_max_abs_diff"] = float((iso - alone).abs().max())
+        out[f"{impl}_packed_position_ids_only_vs_alone_max_abs_diff"] = float((iso_pos - alone).abs().max())
+        out[f"{impl}_concat_vs_alone_max_abs_diff"] = float((cross - alone).abs().max())
+    out["logit_scale"] = float(alone.abs().max())
+    if is_main():
+        log(json.dumps(out, indent=1))
+    if args.json:
+        write_results(args.json, {"kind": "check", "env": environment(), **out})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def cmd_gen(args) -> dict:
+    """The original's loop (one prompt per generate, sampled, 4-bit) vs stage 05's batched greedy
+    (nbutils.evaluate.generate_batch; bf16 on a >= 40 GiB card as EvalConfig.load_in_4bit=None chooses).
+    Both with a LoRA adapter attached (r=64, 7 projections) and min_new_tokens = max_new_tokens so both do
+    the same number of tokens per example."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from nbutils.evaluate import GenParams, generate_batch
+    from nbutils.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer or args.model, args.work_dir)
+    vocab = min(len(tok), 49152)
+    n_new = args.new_tokens
+    rows = short_samples(max(args.batch_sizes + [args.loop_examples]), 100, 300, vocab, seed=3)["input_ids"]
+    lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.1, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    results = []
+
+    def timed(model, batch, gen):
+        sync()
+        t0 = time.perf_counter()
+        out = generate_batch(model, batch, tok.pad_token_id or 0, [tok.eos_token_id], gen)
+        sync()
+        return time.perf_counter() - t0, sum(r["n_new_tokens"] for r in out)
+
+    for four_bit in ([True, False] if not args.only_4bit else [True]):
+        model = get_peft_model(load_causal_lm(args.model, args.work_dir, load_in_4bit=four_bit), lora).eval()
+        torch.cuda.reset_peak_memory_stats()
+        label = "4-bit" if four_bit else "bf16"
+        if four_bit:
+            gen = GenParams(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=True, temperature=0.5, top_p=0.5)
+            timed(model, rows[:1], GenParams(max_new_tokens=8, min_new_tokens=8, do_sample=True))  # warm-up
+            secs, toks = 0.0, 0
+            for i in range(args.loop_examples):
+                torch.manual_seed(i)
+                s, t = timed(model, rows[i:i + 1], gen)
+                secs, toks = secs + s, toks + t
+            results.append({"mode": "original loop (1 example/generate, sampled)", "weights": label, "batch": 1,
+                            "examples": args.loop_examples, "new_tokens": toks, "seconds": round(secs, 2),
+                            "tokens_per_s": round(toks / secs, 1),
+                            "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+            log(results[-1])
+        greedy = GenParams(max_new_tokens=n_new, min_new_tokens=n_new)
+        for bs in args.batch_sizes:
+            if four_bit and bs > 64:
+                continue
+            timed(model, rows[:bs], GenParams(max_new_tokens=4, min_new_tokens=4))  # warm-up at this shape
+            torch.cuda.reset_peak_memory_stats()
+            secs, toks = timed(model, rows[:bs], greedy)
+            results.append({"mode": "stage 05 batched greedy", "weights": label, "batch": bs, "examples": bs,
+                            "new_tokens": toks, "seconds": round(secs, 2), "tokens_per_s": round(toks / secs, 1),
+                            "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+            log(results[-1])
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    ref = results[0]["tokens_per_s"]
+    log("\n| mode | weights | batch | new tokens | s | tok/s | x original loop | peak GiB |")
+    log("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        log(f"| {r['mode']} | {r['weights']} | {r['batch']} | {r['new_tokens']} | {r['seconds']} | "
+            f"{r['tokens_per_s']:,} | {r['tokens_per_s'] / ref:.1f} | {r['peak_alloc_gib']} |")
+    if args.json:
+        write_results(args.json, {"kind": "gen", "env": environment(), "args": vars(args), "results": results})
+    return {"results": results}
+
+
+# ------------------------------------------------------------------------------------------------ misc
+def environment() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
+    for pkg in ("transformers", "trl", "peft", "accelerate", "bitsandbytes", "liger-kernel", "datasets"):
+        try:
+            env[pkg] = md.version(pkg)
+        except Exception:
+            env[pkg] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def write_results(path: str, obj: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def matmul_tflops() -> float:
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    sync()
+    return 2 * 8192 ** 3 * 20 / (time.perf_counter() - t0) / 1e12
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make-model")
+    m.add_argument("--arch", default="llama3-8b", help="llama3-8b | tiny | a folder holding a config.json")
+    m.add_argument("--out", required=True)
+    m.add_argument("--tokenizer", default=None, help="folder whose tokenizer files are copied in")
+    m.add_argument("--cpu", action="store_true")
+    d = sub.add_parser("make-data")
+    d.add_argument("--out", required=True)
+    d.add_argument("--rows", type=int, default=64)
+    for name in ("check", "train", "gen"):
+        s = sub.add_parser(name)
+        s.add_argument("--model", default=None)
+        s.add_argument("--tokenizer", default=None)
+        s.add_argument("--work-dir", default="/tmp/bench_finetune_gpu")
+        s.add_argument("--json", default=None)
+        s.add_argument("--cpu", action="store_true")
+        s.add_argument("--seed", type=int, default=0)
+    t = sub.choices["train"]
+    t.add_argument("--cases", default="original,default,lean")
+    t.add_argument("--steps", type=int, default=3, help="timed optimizer steps per case")
+    t.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    t.add_argument("--seq-len", type=int, default=2048)
+    t.add_argument("--n-samples", type=int, default=1500)
+    t.add_argument("--min-len", type=int, default=100)
+    t.add_argument("--max-len", type=int, default=600)
+    t.add_argument("--profile", default="", help="cases whose extra last step is profiled (torch.profiler)")
+    t.add_argument("--bf16-base", action="store_true", help="plain LoRA on a bf16 base instead of 4-bit")
+    g = sub.choices["gen"]
+    g.add_argument("--new-tokens", type=int, default=128)
+    g.add_argument("--loop-examples", type=int, default=3)
+    g.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64, 128])
+    g.add_argument("--only-4bit", action="store_true")
+    a = p.parse_args(argv)
+    if a.cmd == "make-model":
+        make_model(a.arch, a.out, a.tokenizer, "cpu" if a.cpu else "cuda")
+    elif a.cmd == "make-data":
+        make_data(a.out, a.rows)
+    elif a.cmd == "check":
+        if not a.cpu:
+            import torch
+
+            if torch.cuda.is_available():
+                log(f"bf16 8192^3 matmul: {matmul_tflops():.0f} TFLOP/s")
+        cmd_check(a)
+    elif a.cmd == "train":
+        cmd_train(a)
+    elif a.cmd == "gen":
+        cmd_gen(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Issue 8 GPU runs, phase by phase: bash benchmarks/run_gpu_bench.sh setup train [ddp gen notebooks]
+# Needs: .whl/ (wheels of trl, bitsandbytes, datasets, liger-kernel, papermill + kernel deps: see RESULTS.md) and
+# .gpu_assets/smollm2/ (the embedded model's tokenizer + config files). Logs and JSON go to $OUT (default ./gpu_out).
+set -o pipefail
+FINAL=${OUT:-$PWD/gpu_out}; OUT=/tmp/gpu_work; mkdir -p "$OUT" "$FINAL"
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 \
+  TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONWARNINGS=ignore
+PY=${PY:-python3}
+B=benchmarks/bench_finetune_gpu.py
+L3=/tmp/llama3-8b-random
+SMOL=/tmp/smollm2-135m-random
+
+for phase in "$@"; do
+  echo "=== phase $phase $(date -u +%T)"
+  case $phase in
+  setup)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    $PY -c "import torch,transformers,peft,accelerate,trl,bitsandbytes;print('torch',torch.__version__,'cuda',torch.version.cuda,'transformers',transformers.__version__,'peft',peft.__version__,'accelerate',accelerate.__version__,'trl',trl.__version__,'bnb',bitsandbytes.__version__)" | tee -a "$OUT/gpu.txt"
+    ;;
+  model)
+    [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
+    ;;
+  check)
+    CUDA_VISIBLE_DEVICES=0 $PY $B check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
+    ;;
+  train)
+    CUDA_VISIBLE_DEVICES=0 timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" \
+      --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
+      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error"
+    ;;
+  ddp)
+    for n in 1 2; do
+      CUDA_VISIBLE_DEVICES=$([ $n = 1 ] && echo 0 || echo 0,1) timeout ${DDP_TIMEOUT:-150} $PY -m accelerate.commands.launch \
+        --num_processes $n $([ $n = 2 ] && echo --multi_gpu) --num_machines 1 --mixed_precision no --dynamo_backend no \
+        $B train --model $L3 --cases ${DDP_CASE:-default} --steps 4 --json "$OUT/ddp$n.json" \
+        2>&1 | tee -a "$OUT/ddp_full.log" | grep -E "^\[|^\||FAILED|Error"
+    done
+    ;;
+  gen)
+    CUDA_VISIBLE_DEVICES=0 timeout ${GEN_TIMEOUT:-150} $PY $B gen --model $L3 --json "$OUT/gen.json" --batch-sizes ${GEN_BS:-64,128,256} \
+      2>&1 | tee "$OUT/gen_full.log" | grep -E "^\||^\{|Error"
+    ;;
+  notebooks)
+    [ -f $SMOL/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch .gpu_assets/smollm2 --out $SMOL --tokenizer .gpu_assets/smollm2 2>&1 | tail -1
+    for mode in bf16 fp16; do
+      D=/tmp/nb_$mode; $PY $B make-data --out $D --rows 64
+      extra=""; [ $mode = fp16 ] && extra="NBUTILS_FORCE_FP16=1 PYTHONPATH=$PWD/benchmarks/force_fp16:$PYTHONPATH"
+      for nb in 04_finetune 05_evaluate; do
+        [ -f notebooks/$nb.ipynb ] || { echo "notebooks/$nb.ipynb missing"; continue; }
+        p="-p data_dir $D -p base_model $SMOL -p load_in_4bit True"
+        [ $nb = 04_finetune ] && p="$p -p max_steps 12"
+        s=$(date +%s)
+        env $extra CUDA_VISIBLE_DEVICES=0 timeout ${NB_TIMEOUT:-200} $PY -m papermill notebooks/$nb.ipynb "$OUT/${nb}_$mode.ipynb" $p \
+          --cwd "$PWD" > "$OUT/${nb}_$mode.log" 2>&1
+        echo "$nb $mode rc=$? $(( $(date +%s) - s )) s"; tail -3 "$OUT/${nb}_$mode.log"
+      done
+    done
+    ;;
+  esac
+  tar czf "$FINAL/results.tgz" -C "$OUT" .   # after every phase: a later timeout loses nothing done
+done
+echo "=== done $(date -u +%T)"
