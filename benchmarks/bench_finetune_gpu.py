@@ -16,7 +16,7 @@ build_trainer: TRL SFTTrainer with the stage's LoRA/SFT configs). Knobs the stag
 varlen attention, no fp32 upcast of the non-quantised weights) are applied here on top and listed in RESULTS.md.
 
 CPU dry run (tiny random Llama, plain LoRA, no 4-bit/Liger):
-  python benchmarks/bench_finetune_gpu.py make-model --arch tiny --out /tmp/tiny --tokenizer .gpu_assets/smollm2
+  python benchmarks/bench_finetune_gpu.py make-model --arch tiny --out /tmp/tiny --tokenizer .gpu_assets/smollm2 --cpu
   python benchmarks/bench_finetune_gpu.py train --model /tmp/tiny --cpu --cases original,default --steps 1 \
       --n-samples 120 --min-len 20 --max-len 60 --seq-len 128
 """
