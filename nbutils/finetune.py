@@ -57,9 +57,9 @@ class FinetuneConfig(StageConfig):
     PROFILE_DEFAULTS: ClassVar[dict] = {
         # ~2 minutes on 2 CPU cores: SmolLM2-135M, plain LoRA r=16 on the same 7 projections, 384 tokens.
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "load_in_4bit": False, "lora_r": 16,
-                 "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 4,
+                 "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 2,
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
-                 "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 16,
+                 "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 8,
                  "packing": False},
         "full": {"base_model": "meta-llama/Meta-Llama-3-8B", "load_in_4bit": True},
     }
