@@ -708,7 +708,8 @@ def metrics_table(metrics: dict) -> str:
             verdict = "(descriptive)" if sure else "(descriptive; CI includes 0)"
         else:
             better = m["delta"] > 0 if m["higher_is_better"] else m["delta"] < 0
-            verdict = ("yes" if better else "no") + ("" if sure else " (CI includes 0)")
+            verdict = ("yes" if better else "no") if sure else \
+                f"not shown (CI includes 0; point estimate {'better' if better else 'worse'})"
         lines.append(f"| {METRIC_LABELS.get(name, name)} | {m['base']:.4g} | {m['tuned']:.4g} | {m['delta']:+.4g} | "
                      f"[{lo:+.4g}, {hi:+.4g}] | {verdict} |")
     return "\n".join(lines)
