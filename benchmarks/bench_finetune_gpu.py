@@ -11,9 +11,14 @@ Subcommands (each prints a short table; `--json` writes every figure):
               `accelerate launch` too (DDP: tokens summed over ranks)
   gen         generation speed: the original's loop (one example per generate, sampled) vs stage 05's batched greedy
 
-Models are built through nbutils.finetune (FinetuneConfig, resolve_runtime, load_model_for_training,
-build_trainer: TRL SFTTrainer with the stage's LoRA/SFT configs). Knobs the stage lacks yet (Liger kernels,
-varlen attention, no fp32 upcast of the non-quantised weights) are applied here on top and listed in RESULTS.md.
+Models are built through nbutils.finetune (FinetuneConfig, resolve_runtime, load_base_model,
+prepare_model_for_training, build_trainer: TRL SFTTrainer with the stage's LoRA/SFT configs). Each case is a set of
+the stage's own knobs (case_params): `original` is the original recipe exactly (memory_mode lean, use_liger_kernel
+False, upcast_non_quantized True, attn_implementation sdpa, packing False on EOS-joined rows);
+`default_fused_adamw` and `lean` spell out what the stage now picks by itself on CUDA without flash-attn and with
+liger-kernel installed (memory_mode fast / lean; `default` is fast with paged 8-bit AdamW); `stage_auto` sets no
+knob at all (the stage's own resolution, printed). The cases share one loaded base model, reset to its loaded dtypes
+before each case.
 
 CPU dry run (tiny random Llama, plain LoRA, no 4-bit/Liger):
   python benchmarks/bench_finetune_gpu.py make-model --arch tiny --out /tmp/tiny --tokenizer .gpu_assets/smollm2 --cpu
@@ -29,13 +34,11 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "benchmarks")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 PEAK_TFLOPS = 790.0   # dense bf16 matmul measured on this workplace's H100s (KINDS.md: 778-798)
 
@@ -163,17 +166,18 @@ class Case:
     name: str
     data: str = "packed"          # "concat" (original: fixed rows, cross-sample attention), "packed" (padding-free
                                   # BFD, isolated), "padded" (one sample a row, padded to the longest in the batch)
-    attn: str = "sdpa"            # "sdpa" or "varlen" (gpu_varlen_attention)
+    attn: str = "sdpa"            # "sdpa" or "varlen" (nbutils.attention's sdpa_varlen)
     liger: bool = False
     gc: bool = True
     mb: int = 4
     accum: int = 4
     optim: str = "paged_adamw_8bit"
-    upcast: bool = True           # peft.prepare_model_for_kbit_training's fp32 copy of the non-quantised weights
+    upcast: bool = True           # upcast_non_quantized: peft.prepare_model_for_kbit_training's fp32 copy
     compile: bool = False         # torch.compile of each decoder layer
     lora_dropout: float = 0.1     # the original's; 0 skips PEFT's dropout (a recipe change, reported as such)
     steps: int | None = None      # timed optimizer steps (None: --steps)
     note: str = ""
+    auto: bool = False            # set none of the knobs above but the batch: the stage decides (memory_mode auto)
 
 
 CASES = {c.name: c for c in [
@@ -206,11 +210,13 @@ CASES = {c.name: c for c in [
     Case("default_compile", attn="varlen", liger=True, gc=False, upcast=False, compile=True,
          note="default + torch.compile per decoder layer"),
     Case("default_nolig_cpu", attn="sdpa", gc=False, upcast=False, note="CPU dry run"),
+    Case("stage_auto", auto=True, note="no knob set: the stage's own defaults on this machine"),
 ]}
 
 
 def set_float_weights(model, dtype) -> None:
-    """Cast every non-quantised floating weight (norms, embeddings, lm_head) to dtype; 4-bit weights untouched."""
+    """Reset the shared base between cases: every non-quantised floating weight (norms, embeddings, lm_head) back
+    to dtype (a case with upcast_non_quantized left them in fp32); 4-bit weights untouched."""
     import torch
 
     for p in model.parameters():
@@ -220,20 +226,29 @@ def set_float_weights(model, dtype) -> None:
             p.data = p.data.to(dtype)
 
 
-def set_attention(model, impl: str) -> str:
-    if impl == "varlen":
-        from gpu_varlen_attention import register, varlen_available
+def attn_name(impl: str) -> str:
+    from nbutils.attention import VARLEN
 
-        if not varlen_available():
-            log("torch.nn.attention.varlen is not usable here: SDPA (block mask) instead")
-            impl = "sdpa"
-        else:
-            impl = register()
-    try:
-        model.set_attn_implementation(impl)
-    except Exception:
-        model.config._attn_implementation = impl
-    return model.config._attn_implementation
+    return VARLEN if impl == "varlen" else impl
+
+
+def case_params(case: "Case") -> dict:
+    """The stage's knobs (FinetuneConfig fields) that make this case."""
+    if case.auto:
+        return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum)
+    return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
+                gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
+                attn_implementation=attn_name(case.attn), use_liger_kernel=case.liger,
+                upcast_non_quantized=case.upcast, lora_dropout=case.lora_dropout)
+
+
+def set_attention(model, impl: str) -> str:
+    from nbutils.attention import VARLEN, kernel_usable, set_attention as stage_set_attention
+
+    impl = attn_name(impl)
+    if impl == VARLEN and not kernel_usable():
+        log("torch.nn.attention.varlen is not usable here: sdpa_varlen falls back to SDPA with a block mask")
+    return stage_set_attention(model, impl)
 
 
 class StepTimer:
@@ -321,26 +336,6 @@ def sync():
         torch.cuda.synchronize()
 
 
-@contextmanager
-def sft_config_extras(**extra):
-    """Add SFTConfig fields the stage's build_sft_config does not set yet (e.g. use_liger_kernel)."""
-    from nbutils import finetune
-
-    orig = finetune.build_sft_config
-
-    def patched(cfg, rt, has_eval):
-        args = orig(cfg, rt, has_eval)
-        for k, v in extra.items():
-            setattr(args, k, v)
-        return args
-
-    finetune.build_sft_config = patched
-    try:
-        yield
-    finally:
-        finetune.build_sft_config = orig
-
-
 def n_params_unquantised(model_dir: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -370,17 +365,12 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = finetune.FinetuneConfig.from_params(
         profile="full", data_dir=args.work_dir, base_model=args.model, max_length=args.seq_len,
-        per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
-        gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
         max_steps=args.warmup + steps, save_steps=10**6, logging_steps=10**6, eval_steps=10**6,
-        attn_implementation="sdpa", warmup_steps=1, resume=False, lora_dropout=case.lora_dropout)
+        warmup_steps=1, resume=False, load_in_4bit=not args.bf16_base, **case_params(case))
     rt = finetune.resolve_runtime(cfg, device=device)
-    set_float_weights(base, torch.float32 if (case.upcast and rt.load_in_4bit) else getattr(torch, rt.dtype))
-    attn = set_attention(base, case.attn)
-    if case.gc:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        base.gradient_checkpointing_disable()
+    set_float_weights(base, getattr(torch, rt.dtype))  # as loaded; the stage upcasts if the case asks
+    attn = set_attention(base, rt.attn_implementation)
+    base = finetune.prepare_model_for_training(base, cfg, rt)
     data = ds["concat"] if case.data == "concat" else ds["samples"]
     train = Dataset.from_dict(data)
     timer = StepTimer(args.warmup)
@@ -388,11 +378,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     timer.profile = case.name in (args.profile or "").split(",")
     if timer.profile:
         cfg.max_steps = args.warmup + steps + 1
-    extras = {"use_liger_kernel": True} if case.liger else {}
-    if world > 1:
-        extras["ddp_find_unused_parameters"] = False
-    with sft_config_extras(**extras):
-        trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
+    trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
     if case.compile:
         compile_layers(trainer.model)
     mem0 = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
@@ -415,9 +401,10 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         tokens, secs = int(t[0].item()), float(t[1].item())
     tps = tokens / secs if secs and secs == secs and secs > 0 else float("nan")
     res = {
-        "case": case.name, "note": case.note, "data": case.data, "attn": attn, "liger": case.liger,
-        "gradient_checkpointing": case.gc, "micro_batch": case.mb, "accum": case.accum, "optim": rt.optim,
-        "fp32_upcast": case.upcast, "compile": case.compile, "lora_dropout": case.lora_dropout, "world_size": world, "timed_steps": steps,
+        "case": case.name, "note": case.note, "data": "padded" if case.data == "packed" and not rt.packing
+        else case.data, "attn": attn, "liger": rt.use_liger_kernel,
+        "gradient_checkpointing": rt.gradient_checkpointing, "micro_batch": case.mb, "accum": case.accum,
+        "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "world_size": world, "timed_steps": steps,
         "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tps, 1),
         "tokens_per_step": round(tokens / steps, 1) if steps else None,
         "mfu": round(tps * 4 * n_params / (PEAK_TFLOPS * 1e12) / world, 4) if tps == tps else None,
@@ -453,11 +440,10 @@ def load_base(args, device: str):
     from nbutils import finetune
 
     cfg = finetune.FinetuneConfig.from_params(profile="full", data_dir=args.work_dir, base_model=args.model,
-                                              attn_implementation="sdpa", gradient_checkpointing=True,
-                                              load_in_4bit=not args.bf16_base)
+                                              attn_implementation="sdpa", load_in_4bit=not args.bf16_base)
     rt = finetune.resolve_runtime(cfg, device=device)
     t0 = time.time()
-    base = finetune.load_model_for_training(cfg, rt)
+    base = finetune.load_base_model(cfg, rt)  # each case then prepares it with its own knobs
     log(f"loaded base ({'4-bit' if rt.load_in_4bit else rt.dtype}) in {time.time() - t0:.1f} s; {rt.describe()}")
     return base
 
@@ -524,9 +510,9 @@ def cmd_check(args) -> dict:
     out: dict = {"device": device}
     torch.manual_seed(0)
     if device == "cuda":
-        from gpu_varlen_attention import _varlen_call, varlen_available
+        from nbutils.attention import _varlen_call, kernel_usable
 
-        out["varlen_available"] = varlen_available()
+        out["varlen_available"] = kernel_usable()
         if out["varlen_available"]:
             lens = [300, 700, 1048]
             T, Hq, Hk, D = sum(lens), 32, 8, 128

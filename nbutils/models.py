@@ -119,10 +119,31 @@ def pick_device() -> str:
     return "cpu"
 
 
-def pick_dtype(device: str | None = None):
-    """bf16 on GPUs that support it, fp16 on older ones (T4), fp32 on CPU."""
+DTYPE_ENV = "NBUTILS_DTYPE"
+DTYPE_NAMES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
+               "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def dtype_override():
+    """The compute dtype forced by NBUTILS_DTYPE (float16 | bfloat16 | float32), or None when unset.
+    E.g. NBUTILS_DTYPE=float16 runs the T4 (fp16 AMP) code path on a bf16 GPU."""
     import torch
 
+    name = os.environ.get(DTYPE_ENV, "").strip().lower()
+    if not name:
+        return None
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"{DTYPE_ENV}={os.environ[DTYPE_ENV]!r}: expected float16, bfloat16 or float32")
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+def pick_dtype(device: str | None = None):
+    """bf16 on GPUs that support it, fp16 on older ones (T4), fp32 on CPU; NBUTILS_DTYPE overrides all three."""
+    import torch
+
+    forced = dtype_override()
+    if forced is not None:
+        return forced
     device = device or pick_device()
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -139,15 +160,21 @@ def flash_attn_available() -> bool:
     return True
 
 
-def pick_attn_implementation(device: str | None = None) -> str:
-    """flash_attention_2 when flash-attn imports and the GPU is Ampere or newer; else PyTorch SDPA."""
+def pick_attn_implementation(device: str | None = None, allow_varlen: bool = False) -> str:
+    """flash_attention_2 when flash-attn imports and the GPU is Ampere or newer; else, with allow_varlen (training
+    on padding-free packed rows), PyTorch's own flash varlen kernel ("sdpa_varlen", nbutils.attention) when it
+    imports on such a GPU; else PyTorch SDPA. CPU: always SDPA."""
     device = device or pick_device()
     if device == "cuda":
         import torch
 
+        from .attention import VARLEN, kernel_usable
+
         major, _ = torch.cuda.get_device_capability()
         if major >= 8 and flash_attn_available():
             return "flash_attention_2"
+        if allow_varlen and kernel_usable():
+            return VARLEN
     return "sdpa"
 
 
@@ -175,6 +202,10 @@ def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, l
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
     attn = attn_implementation or pick_attn_implementation(device)
+    if attn == "sdpa_varlen":
+        from .attention import register
+
+        register()
     extra: dict = {}
     if load_in_4bit:
         if device != "cuda":

@@ -123,6 +123,154 @@ def test_cpu_runtime_falls_back_and_says_so(tmp_path):
     rt = ft.resolve_runtime(cfg, device="cpu")
     assert (rt.load_in_4bit, rt.optim, rt.bf16, rt.fp16, rt.dtype) == (False, "adamw_torch", False, False, "float32")
     assert any("4-bit" in n for n in rt.notes) and any("adamw_torch" in n for n in rt.notes)
+    assert (rt.attn_implementation, rt.packing, rt.use_liger_kernel, rt.gradient_checkpointing) == \
+        ("sdpa", False, False, True)  # CPU: lean, as before the memory modes
+    demo = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="demo", data_dir=str(tmp_path)), device="cpu")
+    assert (demo.attn_implementation, demo.optim, demo.gradient_checkpointing, demo.packing, demo.use_liger_kernel,
+            demo.upcast_non_quantized) == ("sdpa", "adamw_torch", False, False, False, False)
+
+
+# The original project's recipe, spelled with the stage's knobs (README, bench_finetune_gpu.py's "original").
+ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
+                       attn_implementation="sdpa", packing=False)
+
+
+def fake_cuda(monkeypatch, gib: float = 79.1, liger: bool = True, flash: bool = False):
+    """resolve_runtime(device="cuda") on this CPU machine: an Ampere+ GPU with `gib` GiB, bf16, no flash-attn."""
+    from nbutils import attention, models
+
+    monkeypatch.setenv("NBUTILS_DTYPE", "bfloat16")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(models, "flash_attn_available", lambda: flash)
+    monkeypatch.setattr(attention, "kernel_usable", lambda *a: True)
+    monkeypatch.setattr(ft, "gpu_memory_gib", lambda: gib)
+    monkeypatch.setattr(ft, "liger_available", lambda: liger)
+
+
+def full_cfg(tmp_path, **kw) -> ft.FinetuneConfig:
+    return ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), **kw)
+
+
+def test_full_profile_on_a_big_gpu_takes_the_fast_recipe(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=79.1)
+    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
+    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("fast", False, "adamw_torch_fused")
+    assert (rt.attn_implementation, rt.packing, rt.padding_free) == ("sdpa_varlen", True, True)
+    assert (rt.use_liger_kernel, rt.upcast_non_quantized, rt.load_in_4bit, rt.bf16) == (True, False, True, True)
+    text = rt.describe()
+    assert "memory_mode=fast (auto: GPU has 79.1 GiB >= 70)" in text
+    assert "optim=adamw_torch_fused (from memory_mode)" in text and "kept in bfloat16" in text
+
+
+def test_full_profile_on_a_smaller_gpu_is_lean(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=39.4)
+    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
+    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("lean", True, "paged_adamw_8bit")
+    assert rt.packing and rt.use_liger_kernel and "39.4 GiB < 70" in rt.describe()
+
+
+def test_injected_knobs_win_over_the_memory_mode(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=79.1)
+    rt = ft.resolve_runtime(full_cfg(tmp_path, gradient_checkpointing=True, optim="paged_adamw_8bit"), device="cuda")
+    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("fast", True, "paged_adamw_8bit")
+    assert "gradient_checkpointing=True (set)" in rt.describe()
+    lean = ft.resolve_runtime(full_cfg(tmp_path, memory_mode="lean"), device="cuda")
+    assert (lean.gradient_checkpointing, lean.optim) == (True, "paged_adamw_8bit") and "(set)" in lean.memory_reason
+    with pytest.raises(ValueError, match="memory_mode"):
+        full_cfg(tmp_path, memory_mode="turbo")
+
+
+def test_original_recipe_is_reproducible_with_flags(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=79.1)
+    rt = ft.resolve_runtime(full_cfg(tmp_path, **ORIGINAL_RECIPE), device="cuda")
+    assert (rt.attn_implementation, rt.packing, rt.gradient_checkpointing, rt.optim, rt.use_liger_kernel,
+            rt.upcast_non_quantized, rt.load_in_4bit) == ("sdpa", False, True, "paged_adamw_8bit", False, True, True)
+    assert "upcast to fp32" in rt.describe()
+
+
+def test_liger_is_optional_and_cuda_only(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, liger=False)
+    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
+    assert rt.use_liger_kernel is False and any("pip install liger-kernel==0.8.5" in n for n in rt.notes)
+    with pytest.raises(ValueError, match="liger"):
+        ft.resolve_runtime(full_cfg(tmp_path, use_liger_kernel=True), device="cuda")
+    cpu = ft.resolve_runtime(full_cfg(tmp_path, use_liger_kernel="true"), device="cpu")
+    assert cpu.use_liger_kernel is False and any("needs CUDA" in n for n in cpu.notes)
+
+
+def test_packing_auto_without_flash_or_varlen_stays_off_on_gpu(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch)
+    from nbutils import attention
+
+    monkeypatch.setattr(attention, "kernel_usable", lambda *a: False)
+    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
+    assert (rt.attn_implementation, rt.packing) == ("sdpa", False) and any("packing off" in n for n in rt.notes)
+    assert ft.packing_is_isolated("sdpa_varlen")
+
+
+def test_out_of_memory_in_fast_mode_suggests_lean(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=79.1)
+    cfg = full_cfg(tmp_path)
+    rt = ft.resolve_runtime(cfg, device="cuda")
+
+    class OOMTrainer:
+        def train(self, resume_from_checkpoint=None):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ft.FinetuneOOMError, match='memory_mode="lean"'):
+        ft.run_training(OOMTrainer(), cfg, rt, None)
+
+
+def test_checkpoint_of_another_optimizer_is_not_resumed(tmp_path, monkeypatch):
+    rows = [{"prompt": "p", "completion": "c"}]
+    fake_cuda(monkeypatch, gib=79.1)
+    cfg = full_cfg(tmp_path)
+    fast = ft.run_fingerprint(cfg, rows, ft.resolve_runtime(cfg, device="cuda"))
+    monkeypatch.setattr(ft, "gpu_memory_gib", lambda: 39.4)
+    lean = ft.run_fingerprint(cfg, rows, ft.resolve_runtime(cfg, device="cuda"))
+    assert fast != lean  # adamw_torch_fused state cannot resume as paged 8-bit AdamW
+    same = full_cfg(tmp_path, memory_mode="lean")
+    assert ft.run_fingerprint(same, rows, ft.resolve_runtime(same, device="cuda")) == lean
+
+
+def test_sft_config_carries_the_resolved_knobs(tmp_path):
+    cfg = full_cfg(tmp_path)
+    rt = ft.resolve_runtime(cfg, device="cpu")
+    args = ft.build_sft_config(cfg, rt, has_eval=False)
+    assert (args.gradient_checkpointing, args.use_liger_kernel, args.optim) == (True, False, "adamw_torch")
+
+
+def tiny_llama(dtype=torch.bfloat16):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).to(dtype)
+
+
+def test_4bit_path_keeps_non_quantised_weights_in_bf16_unless_asked(tmp_path):
+    """The loader's preparation of a 4-bit base, run on a bf16 CPU model: frozen, checkpointing with input grads,
+    no fp32 copy; upcast_non_quantized=True is peft's prepare_model_for_kbit_training (fp32)."""
+    import dataclasses
+
+    cfg = full_cfg(tmp_path)
+    base = ft.resolve_runtime(cfg, device="cpu")
+    lean = dataclasses.replace(base, load_in_4bit=True, gradient_checkpointing=True, upcast_non_quantized=False)
+    model = ft.prepare_model_for_training(tiny_llama(), cfg, lean)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.is_gradient_checkpointing and model.config.use_cache is False
+    emb = model.get_input_embeddings()(torch.tensor([[1, 2, 3]]))
+    assert emb.requires_grad  # the first layers' LoRA weights get gradients through checkpointed blocks
+    # the same model prepared again without checkpointing (the benchmark's shared base): hooks and checkpointing off
+    fast = dataclasses.replace(lean, gradient_checkpointing=False)
+    model = ft.prepare_model_for_training(model, cfg, fast)
+    assert not model.is_gradient_checkpointing
+    assert not model.get_input_embeddings()(torch.tensor([[1, 2, 3]])).requires_grad
+    upcast = dataclasses.replace(lean, upcast_non_quantized=True)
+    model = ft.prepare_model_for_training(tiny_llama(), cfg, upcast)
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and model.is_gradient_checkpointing
 
 
 def test_packing_is_refused_without_sample_isolation(tmp_path):
@@ -142,7 +290,8 @@ def test_packing_is_refused_without_sample_isolation(tmp_path):
 
 def test_cli_flags_round_trip(tmp_path):
     cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), max_steps=10, lora_r=8,
-                                        packing=False, lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4)
+                                        lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4,
+                                        **ORIGINAL_RECIPE)
     again = ft.parse_args(ft.cli_args(cfg))
     assert again.to_dict() == cfg.to_dict()
     cmd = " ".join(ft.launch_command(cfg))

@@ -49,3 +49,17 @@ def test_fresh_provisioning_converts_gguf_into_a_hf_folder(tmp_path):
     out = provision_embedded_model(tmp_path, verbose=False)
     assert {"config.json", "model.safetensors", "tokenizer.json", COMPLETE_MARKER} <= {p.name for p in out.iterdir()}
     assert not list(out.parent.glob("*.partial"))
+
+
+def test_dtype_env_override(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("NBUTILS_DTYPE", raising=False)
+    assert models.pick_dtype("cpu") == torch.float32
+    monkeypatch.setenv("NBUTILS_DTYPE", "float16")  # e.g. the T4 (fp16 AMP) path on a bf16 GPU
+    assert models.pick_dtype("cpu") == torch.float16 and models.pick_dtype("cuda") == torch.float16
+    monkeypatch.setenv("NBUTILS_DTYPE", "bf16")
+    assert models.pick_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("NBUTILS_DTYPE", "int8")
+    with pytest.raises(ValueError, match="NBUTILS_DTYPE='int8'"):
+        models.pick_dtype("cpu")
