@@ -280,3 +280,10 @@ def test_bad_parameters_are_named(tmp_path):
         GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), backend="grok")
     with pytest.raises(ValueError, match="test_size"):
         GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), test_size=1.5)
+
+
+def test_the_api_key_never_lands_in_data_dir(env):
+    with FakeLLMServer() as srv:
+        run_generate(cfg_for(env, srv))
+    leaked = [p for p in env.rglob("*") if p.is_file() and b"gsk_test_not_a_real_key" in p.read_bytes()]
+    assert (env / "triples.jsonl").exists() and not leaked
