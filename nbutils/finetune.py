@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -217,13 +216,9 @@ def gpu_memory_gib() -> float:
 
 def liger_available() -> bool:
     """True when liger_kernel (optional GPU extra) imports."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        return False
-    try:
-        import liger_kernel  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from .models import module_imports
+
+    return module_imports("liger_kernel")
 
 
 def resolve_memory_mode(memory_mode: str, device: str) -> tuple[str, str]:

@@ -150,14 +150,19 @@ def pick_dtype(device: str | None = None):
     return torch.float32
 
 
-def flash_attn_available() -> bool:
-    if importlib.util.find_spec("flash_attn") is None:
+def module_imports(name: str) -> bool:
+    """True when an optional package is installed and actually imports (a broken CUDA build does not)."""
+    if importlib.util.find_spec(name) is None:
         return False
     try:
-        import flash_attn  # noqa: F401
+        importlib.import_module(name)
     except Exception:
         return False
     return True
+
+
+def flash_attn_available() -> bool:
+    return module_imports("flash_attn")
 
 
 def pick_attn_implementation(device: str | None = None, allow_varlen: bool = False) -> str:
