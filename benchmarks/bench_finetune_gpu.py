@@ -175,6 +175,7 @@ class Case:
     upcast: bool = True           # upcast_non_quantized: peft.prepare_model_for_kbit_training's fp32 copy
     compile: bool = False         # torch.compile of each decoder layer
     lora_dropout: float = 0.1     # the original's; 0 skips PEFT's dropout (a recipe change, reported as such)
+    fuse: bool = False            # fuse_lora: LoRA scale + sum in the lora_B GEMM (nbutils.fused_lora)
     steps: int | None = None      # timed optimizer steps (None: --steps)
     note: str = ""
     auto: bool = False            # set none of the knobs above but the batch: the stage decides (memory_mode auto)
@@ -207,6 +208,14 @@ CASES = {c.name: c for c in [
          note="lean + LoRA dropout 0 (recipe change)"),
     Case("lean_mb8_nodrop", attn="varlen", liger=True, gc=True, upcast=False, mb=8, accum=2, lora_dropout=0.0,
          note="lean mb 8 + LoRA dropout 0 (recipe change)"),
+    Case("fast", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
+         note="the stage's memory_mode=fast (>= 70 GiB): default_fused_adamw + fused LoRA"),
+    Case("fast_bnb8", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_bnb_8bit", fuse=True,
+         note="fast with 8-bit AdamW, not paged"),
+    Case("lean_fused", attn="varlen", liger=True, gc=True, upcast=False, fuse=True,
+         note="the stage's memory_mode=lean: checkpointing, paged 8-bit AdamW, fused LoRA"),
+    Case("lean_fused_bnb8", attn="varlen", liger=True, gc=True, upcast=False, optim="adamw_bnb_8bit", fuse=True,
+         note="lean with 8-bit AdamW, not paged"),
     Case("default_compile", attn="varlen", liger=True, gc=False, upcast=False, compile=True,
          note="default + torch.compile per decoder layer"),
     Case("default_nolig_cpu", attn="sdpa", gc=False, upcast=False, note="CPU dry run"),
@@ -239,7 +248,7 @@ def case_params(case: "Case") -> dict:
     return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
                 gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
                 attn_implementation=attn_name(case.attn), use_liger_kernel=case.liger,
-                upcast_non_quantized=case.upcast, lora_dropout=case.lora_dropout)
+                upcast_non_quantized=case.upcast, lora_dropout=case.lora_dropout, fuse_lora=case.fuse)
 
 
 def set_attention(model, impl: str) -> str:
@@ -267,6 +276,46 @@ class StepTimer:
         self.profile = False
         self.prof = None
         self.profile_report = None
+        self.syncdebug = False
+        self.sync_step = None
+        self.sync_sites = None
+        self._wcm = None
+
+    def start_sync_debug(self):
+        """torch.cuda.set_sync_debug_mode("warn") for one optimizer step; every synchronising call is counted by
+        the innermost frame outside torch (warnings raised in the backward engine surface at backward())."""
+        import collections
+        import traceback
+        import warnings
+
+        import torch
+
+        sites = self.sync_sites = collections.Counter()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if "synchroniz" not in str(message):
+                return
+            frames = [f for f in traceback.extract_stack()[:-1]
+                      if "/torch/" not in f.filename and "warnings" not in f.filename
+                      and "bench_finetune_gpu" not in f.filename]
+            where = " <- ".join(f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
+                                for f in reversed(frames[-2:])) or "?"
+            sites[f"{str(message)[:60]} @ {where}"] += 1
+
+        self._wcm = warnings.catch_warnings()
+        self._wcm.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop_sync_debug(self):
+        import torch
+
+        if self._wcm is None:
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._wcm.__exit__(None, None, None)
+        self._wcm = None
 
     def start_profile(self):
         from torch.profiler import ProfilerActivity, profile
@@ -320,11 +369,18 @@ class StepTimer:
                     timer.t0, timer.tok0 = now, timer.tokens
                 if timer.last_timed is None or state.global_step <= timer.last_timed:
                     timer.t1, timer.tok1 = now, timer.tokens
+                if timer.prof is not None and state.global_step > timer.last_timed:
+                    timer.stop_profile()
+                if timer._wcm is not None:
+                    timer.stop_sync_debug()
                 if timer.profile and state.global_step == timer.last_timed:
                     timer.start_profile()
+                if timer.syncdebug and state.global_step == timer.sync_step:
+                    timer.start_sync_debug()
 
             def on_train_end(self, args, state, control, **kw):
                 timer.stop_profile()
+                timer.stop_sync_debug()
 
         return _CB()
 
@@ -376,8 +432,9 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     timer = StepTimer(args.warmup)
     timer.last_timed = args.warmup + steps
     timer.profile = case.name in (args.profile or "").split(",")
-    if timer.profile:
-        cfg.max_steps = args.warmup + steps + 1
+    timer.syncdebug = case.name in (args.sync_debug or "").split(",") and device == "cuda"
+    timer.sync_step = args.warmup + steps + int(timer.profile)
+    cfg.max_steps = args.warmup + steps + int(timer.profile) + int(timer.syncdebug)
     trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
     if case.compile:
         compile_layers(trainer.model)
@@ -404,7 +461,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         "case": case.name, "note": case.note, "data": "padded" if case.data == "packed" and not rt.packing
         else case.data, "attn": attn, "liger": rt.use_liger_kernel,
         "gradient_checkpointing": rt.gradient_checkpointing, "micro_batch": case.mb, "accum": case.accum,
-        "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "world_size": world, "timed_steps": steps,
+        "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "fuse_lora": rt.fuse_lora, "world_size": world, "timed_steps": steps,
         "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tps, 1),
         "tokens_per_step": round(tokens / steps, 1) if steps else None,
         "mfu": round(tps * 4 * n_params / (PEAK_TFLOPS * 1e12) / world, 4) if tps == tps else None,
@@ -413,6 +470,8 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         "alloc_at_start_gib": round(mem0, 2), "wall_s": round(wall, 1), "error": err,
         "step_times_s": [round(x, 3) for x in timer.step_times],
         "profile": timer.profile_report,
+        "syncs_in_one_step": sum(timer.sync_sites.values()) if timer.sync_sites is not None else None,
+        "sync_sites": timer.sync_sites.most_common(20) if timer.sync_sites is not None else None,
         "loss": next((h.get("train_loss") for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
     }
     if is_main() and timer.profile_report:
@@ -420,6 +479,10 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         log(f"[{case.name}] profiled step: {rep['wall_s']} s wall, {rep['kernel_time_s']} s of GPU kernels")
         log(rep["top_gpu"])
         log(rep["top_cpu"])
+    if is_main() and timer.sync_sites is not None:
+        log(f"[{case.name}] {res['syncs_in_one_step']} synchronising calls in one optimizer step:")
+        for site, n in timer.sync_sites.most_common(20):
+            log(f"  {n:6d}  {site}")
     if is_main():
         log(f"[{case.name}] {res['tokens_per_s']} tok/s, MFU {res['mfu']}, peak {res['peak_alloc_gib']} GiB "
             f"(reserved {res['peak_reserved_gib']}), steps {res['step_times_s']}, {res['wall_s']} s wall")
@@ -487,16 +550,21 @@ def cmd_train(args) -> list[dict]:
 
 
 def print_train_table(results: list[dict]) -> None:
-    ref = next((r for r in results if r["case"] == "original" and r["tokens_per_s"] == r["tokens_per_s"]), None)
+    """One line per case; the ratio is to original_noupcast (the stricter baseline) when it ran, else original."""
+    ok = [r for r in results if r["tokens_per_s"] == r["tokens_per_s"] and r["tokens_per_s"]]
+    ref = next((r for r in ok if r["case"] == "original_noupcast"), None) or next(
+        (r for r in ok if r["case"] == "original"), None)
     ref_pad = next((r for r in results if r["case"] == "original_padded"), None)
-    log("\n| case | data | attn | liger | ckpt | mb x acc | GPUs | tok/s | MFU | peak GiB (alloc/reserved) | x original |")
-    log("|---|---|---|---|---|---|---|---|---|---|---|")
+    log(f"\n| case | data | attn | liger | fused LoRA | ckpt | optim | mb x acc | GPUs | tok/s | MFU | "
+        f"peak GiB (alloc/reserved) | x {ref['case'] if ref else 'original'} |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         base = ref_pad if r["data"] == "padded" and ref_pad else ref
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base and r["tokens_per_s"] else "-"
-        log(f"| {r['case']} | {r['data']} | {r['attn']} | {r['liger']} | {r['gradient_checkpointing']} | "
-            f"{r['micro_batch']}x{r['accum']} | {r['world_size']} | {r['tokens_per_s']:,} | {r['mfu']} | "
-            f"{r['peak_alloc_gib']}/{r['peak_reserved_gib']} | {ratio} |" + (f" ERROR {r['error']}" if r['error'] else ""))
+        log(f"| {r['case']} | {r['data']} | {r['attn']} | {r['liger']} | {r.get('fuse_lora')} | "
+            f"{r['gradient_checkpointing']} | {r['optim']} | {r['micro_batch']}x{r['accum']} | {r['world_size']} | "
+            f"{r['tokens_per_s']:,} | {r['mfu']} | {r['peak_alloc_gib']}/{r['peak_reserved_gib']} | {ratio} |"
+            + (f" ERROR {r['error']}" if r['error'] else ""))
 
 
 # ------------------------------------------------------------------------------------------------ correctness
@@ -706,6 +774,7 @@ def main(argv=None) -> int:
     t.add_argument("--min-len", type=int, default=100)
     t.add_argument("--max-len", type=int, default=600)
     t.add_argument("--profile", default="", help="cases whose extra last step is profiled (torch.profiler)")
+    t.add_argument("--sync-debug", default="", help="cases whose extra last step counts synchronising calls")
     t.add_argument("--bf16-base", action="store_true", help="plain LoRA on a bf16 base instead of 4-bit")
     g = sub.choices["gen"]
     g.add_argument("--new-tokens", type=int, default=128)

@@ -28,14 +28,19 @@ for phase in "$@"; do
     ;;
   train)
     CUDA_VISIBLE_DEVICES=0 timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" \
+      --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
-      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error"
+      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  "
+    ;;
+  bf16)  # plain LoRA on a bf16 base (no bitsandbytes), for comparison with the 4-bit cases of `train`
+    CUDA_VISIBLE_DEVICES=0 timeout ${BF16_TIMEOUT:-200} $PY $B train --model $L3 --json "$OUT/train_bf16.json" --bf16-base \
+      --cases ${BF16_CASES:-fast} --steps ${STEPS:-3} 2>&1 | tee "$OUT/train_bf16_full.log" | grep -E "^\[|^\||^loaded|FAILED|Error"
     ;;
   ddp)
     for n in 1 2; do
       CUDA_VISIBLE_DEVICES=$([ $n = 1 ] && echo 0 || echo 0,1) timeout ${DDP_TIMEOUT:-150} $PY -m accelerate.commands.launch \
         --num_processes $n $([ $n = 2 ] && echo --multi_gpu) --num_machines 1 --mixed_precision no --dynamo_backend no \
-        $B train --model $L3 --cases ${DDP_CASE:-default} --steps 4 --json "$OUT/ddp$n.json" \
+        $B train --model $L3 --cases ${DDP_CASE:-fast} --steps 4 --json "$OUT/ddp$n.json" \
         2>&1 | tee -a "$OUT/ddp_full.log" | grep -E "^\[|^\||FAILED|Error"
     done
     ;;

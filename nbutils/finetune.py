@@ -55,7 +55,7 @@ LOSS_PNG = "loss.png"
 OPERATIONAL_FIELDS = {"profile", "data_dir", "dataset_dir", "output_dir", "checkpoint_dir", "merged_dir", "resume",
                       "merge", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "max_steps",
                       "num_train_epochs", "multi_gpu", "num_processes", "per_device_eval_batch_size",
-                      "memory_mode"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
+                      "memory_mode", "fuse_lora"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
 # memory_mode presets for the fields left at None (an injected value or a profile's wins). Measured on an H100 80GB,
 # random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md): fast 12,531 tok/s at 58.9 GiB peak,
 # lean 8,130-8,640 tok/s at 10.05 GiB (the original recipe: 5,236 tok/s at 15.78 GiB).
@@ -105,6 +105,8 @@ class FinetuneConfig(StageConfig):
     memory_mode: str = "auto"                       # "fast" | "lean" | "auto" (CUDA: fast on >= 70 GiB, else lean;
     #                                                 CPU: lean); fills only gradient_checkpointing/optim left None
     use_liger_kernel: bool | None = None            # Liger kernels; None: on with CUDA when liger_kernel imports
+    fuse_lora: bool = True                          # LoRA scale + sum folded into one GEMM (nbutils.fused_lora;
+    #                                                 same math, fewer passes over activations); False: PEFT's own
     upcast_non_quantized: bool = False              # 4-bit: fp32 copy of embeddings/norms/lm_head (peft's
     #                                                 prepare_model_for_kbit_training; the original's, slower, +5 GiB)
     seed: int = 42
@@ -147,7 +149,7 @@ class FinetuneConfig(StageConfig):
             raise ValueError(f"max_length={self.max_length} is too small to hold a prompt and an answer")
         if self.memory_mode not in ("auto", *MEMORY_MODES):
             raise ValueError(f"memory_mode={self.memory_mode!r}: expected 'auto', 'fast' or 'lean'")
-        for name in ("gradient_checkpointing", "use_liger_kernel", "upcast_non_quantized"):
+        for name in ("gradient_checkpointing", "use_liger_kernel", "upcast_non_quantized", "fuse_lora"):
             value = getattr(self, name)
             if isinstance(value, str):
                 if value.lower() not in ("true", "false"):
@@ -173,6 +175,7 @@ class Runtime:
     gradient_checkpointing: bool = False
     use_liger_kernel: bool = False
     upcast_non_quantized: bool = False
+    fuse_lora: bool = False
     memory_mode: str = "lean"
     memory_reason: str = ""          # why memory_mode, gradient_checkpointing and optim are what they are
     notes: list = field(default_factory=list)
@@ -180,7 +183,8 @@ class Runtime:
     def describe(self) -> str:
         lines = [f"device={self.device}, dtype={self.dtype}, attention={self.attn_implementation}, "
                  f"4-bit={self.load_in_4bit}, optim={self.optim}, packing={self.packing} "
-                 f"(padding-free={self.padding_free}), liger={self.use_liger_kernel}, processes={self.world_size}"]
+                 f"(padding-free={self.padding_free}), liger={self.use_liger_kernel}, fused LoRA={self.fuse_lora}, "
+                 f"processes={self.world_size}"]
         if self.memory_reason:
             lines.append(f"  memory: {self.memory_reason}")
         if self.load_in_4bit:
@@ -318,7 +322,7 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
                    load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
                    padding_free=padding_free, world_size=world_size, gradient_checkpointing=gradient_checkpointing,
                    use_liger_kernel=use_liger, upcast_non_quantized=bool(cfg.upcast_non_quantized) and load_in_4bit,
-                   memory_mode=memory_mode, memory_reason=memory_reason, notes=notes)
+                   fuse_lora=bool(cfg.fuse_lora), memory_mode=memory_mode, memory_reason=memory_reason, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -661,6 +665,10 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
     trainer = SFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None), train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=tokenizer, peft_config=build_lora_config(cfg),
                          callbacks=[StopOnNonFiniteLoss(), *callbacks])
+    if rt.fuse_lora:
+        from .fused_lora import fuse_lora_layers
+
+        fuse_lora_layers(trainer.model)
     if rt.fp16:  # fp16 AMP unscales fp32 master weights only: keep the trainable LoRA weights in fp32 (T4)
         for p in trainer.model.parameters():
             if p.requires_grad:
