@@ -176,6 +176,7 @@ class Case:
     compile: bool = False         # torch.compile of each decoder layer
     lora_dropout: float = 0.1     # the original's; 0 skips PEFT's dropout (a recipe change, reported as such)
     fuse: bool = False            # fuse_lora: LoRA scale + sum in the lora_B GEMM (nbutils.fused_lora)
+    triton: bool = True           # with fuse: LoRA dropout inside Triton kernels (False: PyTorch's dropout)
     steps: int | None = None      # timed optimizer steps (None: --steps)
     note: str = ""
     auto: bool = False            # set none of the knobs above but the batch: the stage decides (memory_mode auto)
@@ -212,6 +213,10 @@ CASES = {c.name: c for c in [
          note="the stage's memory_mode=fast (>= 70 GiB): default_fused_adamw + fused LoRA"),
     Case("fast_bnb8", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_bnb_8bit", fuse=True,
          note="fast with 8-bit AdamW, not paged"),
+    Case("fast_torchdrop", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
+         triton=False, note="fast, fused LoRA but PyTorch's dropout (no Triton dropout kernels)"),
+    Case("lean_fused_torchdrop", attn="varlen", liger=True, gc=True, upcast=False, fuse=True, triton=False,
+         note="lean, fused LoRA but PyTorch's dropout"),
     Case("lean_fused", attn="varlen", liger=True, gc=True, upcast=False, fuse=True,
          note="the stage's memory_mode=lean: checkpointing, paged 8-bit AdamW, fused LoRA"),
     Case("lean_fused_bnb8", attn="varlen", liger=True, gc=True, upcast=False, optim="adamw_bnb_8bit", fuse=True,
@@ -436,6 +441,10 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     timer.sync_step = args.warmup + steps + int(timer.profile)
     cfg.max_steps = args.warmup + steps + int(timer.profile) + int(timer.syncdebug)
     trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
+    if case.fuse and not case.triton:
+        from nbutils.fused_lora import fuse_lora_layers
+
+        fuse_lora_layers(trainer.model, triton_dropout=False)
     if case.compile:
         compile_layers(trainer.model)
     mem0 = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
@@ -461,7 +470,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         "case": case.name, "note": case.note, "data": "padded" if case.data == "packed" and not rt.packing
         else case.data, "attn": attn, "liger": rt.use_liger_kernel,
         "gradient_checkpointing": rt.gradient_checkpointing, "micro_batch": case.mb, "accum": case.accum,
-        "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "fuse_lora": rt.fuse_lora, "world_size": world, "timed_steps": steps,
+        "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "fuse_lora": rt.fuse_lora and ("triton" if case.triton else "torch-dropout"), "world_size": world, "timed_steps": steps,
         "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tps, 1),
         "tokens_per_step": round(tokens / steps, 1) if steps else None,
         "mfu": round(tps * 4 * n_params / (PEAK_TFLOPS * 1e12) / world, 4) if tps == tps else None,
@@ -630,11 +639,58 @@ def cmd_check(args) -> dict:
         out[f"{impl}_packed_position_ids_only_vs_alone_max_abs_diff"] = float((iso_pos - alone).abs().max())
         out[f"{impl}_concat_vs_alone_max_abs_diff"] = float((cross - alone).abs().max())
     out["logit_scale"] = float(alone.abs().max())
+    if device == "cuda":
+        out["lora_dropout_kernels"] = check_dropout_kernels()
     if is_main():
         log(json.dumps(out, indent=1))
     if args.json:
         write_results(args.json, {"kind": "check", "env": environment(), **out})
     return out
+
+
+def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1) -> dict:
+    """nbutils.fused_lora_triton on the GPU: the three kernels vs PyTorch with the same mask (bf16), and their time
+    against what PEFT runs for the same work (dropout + the lora_A matmul; mask-multiply + add in the backward)."""
+    import torch
+
+    from nbutils import fused_lora_triton as kernels
+
+    def rel(a, b):
+        return round(float((a.float() - b.float()).norm() / b.float().norm()), 5)
+
+    def timed(fn, reps=20):
+        fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        return round((time.perf_counter() - t) / reps * 1e6, 1)
+
+    res = {}
+    for k in (4096, 14336):
+        torch.manual_seed(0)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        a_w = torch.randn(r, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        ga = torch.randn(m, r, device="cuda", dtype=torch.bfloat16)
+        gx = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        keep = kernels.dropout_mask(7, m, k, p, "cuda")
+        xd = x * keep / (1 - p)
+        row = {"drop_fraction": round(1 - keep.float().mean().item(), 4),
+               "fwd_rel_err": rel(kernels.dropout_matmul(x, a_w, 7, p), xd @ a_w.t()),
+               "grad_a_rel_err": rel(kernels.dropout_matmul_grad_a(ga, x, 7, p), ga.float().t() @ xd.float()),
+               "grad_x_rel_err": rel(kernels.dropout_matmul_grad_x_(gx.clone(), ga, a_w, 7, p),
+                                     gx.float() + (ga.float() @ a_w.float()) * keep / (1 - p))}
+        drop = torch.nn.functional.dropout
+        row["us_fwd_kernel"] = timed(lambda: kernels.dropout_matmul(x, a_w, 7, p))
+        row["us_fwd_pytorch"] = timed(lambda: drop(x, p, True) @ a_w.t())
+        mask = (torch.rand_like(x) > p).to(x.dtype)
+        row["us_bwd_kernels"] = timed(lambda: (kernels.dropout_matmul_grad_a(ga, x, 7, p),
+                                               kernels.dropout_matmul_grad_x_(gx, ga, a_w, 7, p)))
+        row["us_bwd_pytorch"] = timed(lambda: (ga.t() @ xd, gx + (ga @ a_w) * mask / (1 - p)))
+        res[f"K={k}"] = row
+        del x, gx, xd, mask
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ generation

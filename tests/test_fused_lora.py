@@ -44,7 +44,7 @@ def test_fused_matches_peft_with_dropout_in_training():
     model.train()
     x = torch.randn(2, 5, 32)
     ref_out, ref_dx, ref_grads = run(model, x)
-    assert fuse_lora_layers(model) == 2
+    assert fuse_lora_layers(model, triton_dropout=False) == 2   # PyTorch's dropout: PEFT's very masks
     out, dx, grads = run(model, x)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=1e-5)
