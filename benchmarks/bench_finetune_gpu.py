@@ -9,6 +9,8 @@ Subcommands (each prints a short table; `--json` writes every figure):
   train       train a few optimizer steps per case and measure tokens/s (real, non-pad tokens), MFU (4*N FLOPs per
               token) and peak GPU memory; several cases share one loaded 4-bit model; runs under
               `accelerate launch` too (DDP: tokens summed over ranks)
+  kernels     LoRA dropout Triton kernels (nbutils.fused_lora_triton): bf16 errors vs PyTorch with the same mask,
+              time vs PyTorch's dropout + matmul, optionally a sweep of launch settings
   gen         generation speed: the original's loop (one example per generate, sampled) vs stage 05's batched greedy
 
 Models are built through nbutils.finetune (FinetuneConfig, resolve_runtime, load_base_model,
@@ -648,9 +650,24 @@ def cmd_check(args) -> dict:
     return out
 
 
-def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1) -> dict:
+def _timed_us(fn, reps: int = 20) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - t) / reps * 1e6, 1)
+
+
+def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1, sweep: bool = False) -> dict:
     """nbutils.fused_lora_triton on the GPU: the three kernels vs PyTorch with the same mask (bf16), and their time
-    against what PEFT runs for the same work (dropout + the lora_A matmul; mask-multiply + add in the backward)."""
+    against what PEFT runs for the same work (dropout + the lora_A matmul; the two backward products with the mask
+    multiply and the add). With sweep, every launch setting of the grid below is timed too."""
+    import itertools
+
     import torch
 
     from nbutils import fused_lora_triton as kernels
@@ -658,16 +675,7 @@ def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1) -> dict:
     def rel(a, b):
         return round(float((a.float() - b.float()).norm() / b.float().norm()), 5)
 
-    def timed(fn, reps=20):
-        fn()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-        return round((time.perf_counter() - t) / reps * 1e6, 1)
-
-    res = {}
+    res = {"tuning": kernels.TUNING}
     for k in (4096, 14336):
         torch.manual_seed(0)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -675,22 +683,52 @@ def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1) -> dict:
         ga = torch.randn(m, r, device="cuda", dtype=torch.bfloat16)
         gx = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         keep = kernels.dropout_mask(7, m, k, p, "cuda")
-        xd = x * keep / (1 - p)
+        scale = kernels.threshold(p)[1]
+        xd = x * keep * scale
         row = {"drop_fraction": round(1 - keep.float().mean().item(), 4),
                "fwd_rel_err": rel(kernels.dropout_matmul(x, a_w, 7, p), xd @ a_w.t()),
                "grad_a_rel_err": rel(kernels.dropout_matmul_grad_a(ga, x, 7, p), ga.float().t() @ xd.float()),
                "grad_x_rel_err": rel(kernels.dropout_matmul_grad_x_(gx.clone(), ga, a_w, 7, p),
-                                     gx.float() + (ga.float() @ a_w.float()) * keep / (1 - p))}
+                                     gx.float() + (ga.float() @ a_w.float()) * keep * scale)}
         drop = torch.nn.functional.dropout
-        row["us_fwd_kernel"] = timed(lambda: kernels.dropout_matmul(x, a_w, 7, p))
-        row["us_fwd_pytorch"] = timed(lambda: drop(x, p, True) @ a_w.t())
         mask = (torch.rand_like(x) > p).to(x.dtype)
-        row["us_bwd_kernels"] = timed(lambda: (kernels.dropout_matmul_grad_a(ga, x, 7, p),
-                                               kernels.dropout_matmul_grad_x_(gx, ga, a_w, 7, p)))
-        row["us_bwd_pytorch"] = timed(lambda: (ga.t() @ xd, gx + (ga @ a_w) * mask / (1 - p)))
+        row["us_fwd_pytorch"] = _timed_us(lambda: drop(x, p, True) @ a_w.t())
+        row["us_bwd_pytorch"] = _timed_us(lambda: (ga.t() @ xd, gx + (ga @ a_w) * mask / (1 - p)))
+        row["us_fwd_kernel"] = _timed_us(lambda: kernels.dropout_matmul(x, a_w, 7, p))
+        row["us_grad_a_kernel"] = _timed_us(lambda: kernels.dropout_matmul_grad_a(ga, x, 7, p))
+        row["us_grad_x_kernel"] = _timed_us(lambda: kernels.dropout_matmul_grad_x_(gx, ga, a_w, 7, p))
+        row["us_bwd_kernels"] = round(row["us_grad_a_kernel"] + row["us_grad_x_kernel"], 1)
+        if sweep:
+            grid = {"fwd": (dict(BLOCK_M=bm, splits=sp, num_warps=w, num_stages=st)
+                            for bm, sp, w, st in itertools.product((32, 64, 128), (1, 2, 4, 8), (4, 8), (3,))),
+                    "grad_a": (dict(BLOCK_M=bm, splits=sp, num_warps=w, num_stages=3)
+                               for bm, sp, w in itertools.product((32, 64, 128), (8, 16, 32, 64), (4, 8))),
+                    "grad_x": (dict(BLOCK_M=bm, num_warps=w, num_stages=st)
+                               for bm, w, st in itertools.product((32, 64, 128), (4, 8), (2, 3)))}
+            calls = {"fwd": lambda t: kernels.dropout_matmul(x, a_w, 7, p, tuning=t),
+                     "grad_a": lambda t: kernels.dropout_matmul_grad_a(ga, x, 7, p, tuning=t),
+                     "grad_x": lambda t: kernels.dropout_matmul_grad_x_(gx, ga, a_w, 7, p, tuning=t)}
+            for name, settings in grid.items():
+                times = []
+                for t in settings:
+                    try:
+                        times.append((_timed_us(lambda: calls[name](dict(t)), reps=10), t))
+                    except Exception as e:  # a setting that does not compile (shared memory) is just skipped
+                        times.append((float("inf"), {**t, "error": type(e).__name__}))
+                times.sort(key=lambda z: z[0])
+                row[f"sweep_{name}"] = [[us, t] for us, t in times[:6]]
         res[f"K={k}"] = row
         del x, gx, xd, mask
+        torch.cuda.empty_cache()
     return res
+
+
+def cmd_kernels(args) -> dict:
+    out = {"kind": "kernels", "env": environment(), **check_dropout_kernels(sweep=args.sweep)}
+    log(json.dumps(out, indent=1))
+    if args.json:
+        write_results(args.json, out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -837,8 +875,13 @@ def main(argv=None) -> int:
     g.add_argument("--loop-examples", type=int, default=3)
     g.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64, 128])
     g.add_argument("--only-4bit", action="store_true")
+    k = sub.add_parser("kernels", help="LoRA dropout Triton kernels: correctness and time vs PyTorch (GPU)")
+    k.add_argument("--sweep", action="store_true", help="time every launch setting of a small grid too")
+    k.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    if a.cmd == "make-model":
+    if a.cmd == "kernels":
+        cmd_kernels(a)
+    elif a.cmd == "make-model":
         make_model(a.arch, a.out, a.tokenizer, "cpu" if a.cpu else "cuda")
     elif a.cmd == "make-data":
         make_data(a.out, a.rows)

@@ -23,6 +23,9 @@ for phase in "$@"; do
   model)
     [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
     ;;
+  kernels)
+    CUDA_VISIBLE_DEVICES=0 $PY $B kernels ${SWEEP:+--sweep} --json "$OUT/kernels.json" 2>&1 | grep -v Warning | tail -${KERNELS_TAIL:-60}
+    ;;
   check)
     CUDA_VISIBLE_DEVICES=0 $PY $B check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
     ;;

@@ -11,6 +11,12 @@ kernels that need it:
                                                                            layer's input gradient, in place)
 
 so nothing of size T x in_features is written for the dropout and only x (shared by q/k/v and gate/up) is kept.
+The mask: columns go in groups of 256; one Philox4x32-7 call per (row, group, c < 32) gives four 32-bit draws,
+whose eight 16-bit halves decide the eight 32-column eighths of the group (eight decisions per call; PyTorch's
+dropout makes four per Philox4x32-10 call). An element is kept where its 16 bits are >= round(p * 65536), and kept
+elements are scaled by 1/(1-p') for that exact p' (|p' - p| <= 2**-17). Kernel tiling never changes the mask.
+The random numbers cost most of the kernels' time, hence the fewer rounds (7: the fewest that Random123's authors
+found to pass TestU01's BigCrush) and the 16-bit draws.
 The same (seed, index) gives the same mask in all three, and under gradient checkpointing the recomputed forward
 draws the same seed (torch's CPU generator, whose state checkpointing restores).
 
@@ -25,131 +31,217 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_ELEMENTS = 2**31 - 1   # Philox offsets are int32: element index = row * in_features + column
+MAX_ELEMENTS = 2**31 - 1   # Philox offsets are int32
+GROUP = 256                # columns per Philox group: 8 eighths of 32 columns, one 16-bit draw each
+EIGHTH = 32
+PHILOX_ROUNDS = 7          # Philox4x32-7: the fewest rounds Random123 found Crush-resistant (PyTorch uses 10)
 
 
 @triton.jit
-def _keep(seed, rows, cols, n_cols, p):
-    """Boolean tile: True where dropout keeps the element (the same draw in every kernel)."""
-    offs = rows[:, None] * n_cols + cols[None, :]
-    return tl.rand(seed, offs) >= p
+def _draws(seed, rows, g, c, n_off):
+    """Four 32-bit Philox draws for each (row, c) of column group g: (rows, 32) tiles."""
+    offs = rows[:, None] * n_off + (g * 32 + c)[None, :]
+    return tl.randint4x(seed, offs, 7)
+
+
+@triton.jit
+def _keep(e: tl.constexpr, r0, r1, r2, r3, thr):
+    """Keep-mask of eighth e of the group: 16 bits of one draw (low half for even e, high for odd) >= thr."""
+    if e // 2 == 0:
+        r = r0
+    elif e // 2 == 1:
+        r = r1
+    elif e // 2 == 2:
+        r = r2
+    else:
+        r = r3
+    if e % 2 == 0:
+        bits = r & 0xFFFF
+    else:
+        bits = r >> 16
+    return bits.to(tl.int32) >= thr
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _mask_kernel(OUT, seed, M, K, p, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mask_kernel(OUT, seed, M, K, n_off, thr, BLOCK_M: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    inb = (rm[:, None] < M) & (rk[None, :] < K)
-    keep = _keep(seed, rm, rk, K, p)
-    tl.store(OUT + rm[:, None] * K + rk[None, :], keep.to(tl.int8), mask=inb)
+    g = tl.program_id(1)
+    c = tl.arange(0, 32)
+    r0, r1, r2, r3 = _draws(seed, rm, g, c, n_off)
+    for e in tl.static_range(8):
+        cols = g * 256 + e * 32 + c
+        inb = (rm[:, None] < M) & (cols[None, :] < K)
+        tl.store(OUT + rm[:, None] * K + cols[None, :], _keep(e, r0, r1, r2, r3, thr).to(tl.int8), mask=inb)
+
+
+@triton.jit
+def _dropped(X, stride_xm, rm, cols, M, K, keep, scale):
+    inb = (rm[:, None] < M) & (cols[None, :] < K)
+    x = tl.load(X + rm[:, None] * stride_xm + cols[None, :], mask=inb, other=0.0)
+    return tl.where(keep, x * scale, 0.0).to(X.dtype.element_ty)
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _fwd_kernel(X, A, OUT, seed, M, K, stride_xm, p, scale,
-                R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fwd_kernel(X, A, PART, seed, M, K, n_off, stride_xm, groups_per_split, thr, scale,
+                R: tl.constexpr, BLOCK_M: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rr = tl.arange(0, R)
-    acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        inb = (rm[:, None] < M) & (rk[None, :] < K)
-        x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=inb, other=0.0)
-        keep = _keep(seed, rm, rk, K, p)
-        x = tl.where(keep, x * scale, 0.0).to(X.dtype.element_ty)
-        a_t = tl.load(A + rr[None, :] * K + rk[:, None], mask=rk[:, None] < K, other=0.0)   # (BLOCK_K, R)
-        acc += tl.dot(x, a_t)
-    tl.store(OUT + rm[:, None] * R + rr[None, :], acc.to(OUT.dtype.element_ty), mask=rm[:, None] < M)
-
-
-@triton.jit(do_not_specialize=["seed"])
-def _grad_a_kernel(GA, X, PART, seed, M, K, stride_xm, rows_per_split, p, scale,
-                   R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    rk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1)
     rr = tl.arange(0, R)
-    acc = tl.zeros((R, BLOCK_K), dtype=tl.float32)
-    m_start = split * rows_per_split
-    for m0 in range(0, rows_per_split, BLOCK_M):
-        rm = m_start + m0 + tl.arange(0, BLOCK_M)
-        row_ok = (rm < M) & (rm < m_start + rows_per_split)
-        ga = tl.load(GA + rm[:, None] * R + rr[None, :], mask=row_ok[:, None], other=0.0)        # (BLOCK_M, R)
-        inb = row_ok[:, None] & (rk[None, :] < K)
-        x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=inb, other=0.0)              # (BLOCK_M, BLOCK_K)
-        keep = _keep(seed, rm, rk, K, p)
-        x = tl.where(keep, x * scale, 0.0).to(X.dtype.element_ty)
-        acc += tl.dot(tl.trans(ga), x)
-    tl.store(PART + split * R * K + rr[:, None] * K + rk[None, :], acc, mask=rk[None, :] < K)
+    c = tl.arange(0, 32)
+    n_groups = tl.cdiv(K, 256)
+    acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+    g_start = split * groups_per_split
+    for g in range(g_start, tl.minimum(g_start + groups_per_split, n_groups)):
+        r0, r1, r2, r3 = _draws(seed, rm, g, c, n_off)
+        for e in tl.static_range(8):
+            cols = g * 256 + e * 32 + c
+            x = _dropped(X, stride_xm, rm, cols, M, K, _keep(e, r0, r1, r2, r3, thr), scale)
+            a_t = tl.load(A + rr[None, :] * K + cols[:, None], mask=cols[:, None] < K, other=0.0)    # (32, R)
+            acc += tl.dot(x, a_t)
+    tl.store(PART + split * M * R + rm[:, None] * R + rr[None, :], acc, mask=rm[:, None] < M)
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _grad_x_kernel(GX, GA, A, seed, M, K, stride_gm, p, scale,
-                   R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+def _grad_a_kernel(GA, X, PART, seed, M, K, n_off, stride_xm, rows_per_split, thr, scale,
+                   R: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Column group program_id(0), its eighths 0-3 or 4-7 (program_id(2)), the rows of split program_id(1)."""
+    g = tl.program_id(0)
+    split = tl.program_id(1)
+    half = tl.program_id(2)
     rr = tl.arange(0, R)
+    c = tl.arange(0, 32)
+    acc0 = tl.zeros((R, 32), dtype=tl.float32)
+    acc1 = tl.zeros((R, 32), dtype=tl.float32)
+    acc2 = tl.zeros((R, 32), dtype=tl.float32)
+    acc3 = tl.zeros((R, 32), dtype=tl.float32)
+    m_start = split * rows_per_split
+    col0 = g * 256 + half * 128
+    for m0 in range(0, rows_per_split, BLOCK_M):
+        rm = m_start + m0 + tl.arange(0, BLOCK_M)
+        rm = tl.where(rm < m_start + rows_per_split, rm, M)            # rows of the next split count as absent
+        ga_t = tl.trans(tl.load(GA + rm[:, None] * R + rr[None, :], mask=rm[:, None] < M, other=0.0))
+        r0, r1, r2, r3 = _draws(seed, rm, g, c, n_off)
+        if half == 0:
+            k0 = _keep(0, r0, r1, r2, r3, thr)
+            k1 = _keep(1, r0, r1, r2, r3, thr)
+            k2 = _keep(2, r0, r1, r2, r3, thr)
+            k3 = _keep(3, r0, r1, r2, r3, thr)
+        else:
+            k0 = _keep(4, r0, r1, r2, r3, thr)
+            k1 = _keep(5, r0, r1, r2, r3, thr)
+            k2 = _keep(6, r0, r1, r2, r3, thr)
+            k3 = _keep(7, r0, r1, r2, r3, thr)
+        acc0 += tl.dot(ga_t, _dropped(X, stride_xm, rm, col0 + c, M, K, k0, scale))
+        acc1 += tl.dot(ga_t, _dropped(X, stride_xm, rm, col0 + 32 + c, M, K, k1, scale))
+        acc2 += tl.dot(ga_t, _dropped(X, stride_xm, rm, col0 + 64 + c, M, K, k2, scale))
+        acc3 += tl.dot(ga_t, _dropped(X, stride_xm, rm, col0 + 96 + c, M, K, k3, scale))
+    base = PART + split * R * K + rr[:, None] * K
+    tl.store(base + (col0 + c)[None, :], acc0, mask=(col0 + c)[None, :] < K)
+    tl.store(base + (col0 + 32 + c)[None, :], acc1, mask=(col0 + 32 + c)[None, :] < K)
+    tl.store(base + (col0 + 64 + c)[None, :], acc2, mask=(col0 + 64 + c)[None, :] < K)
+    tl.store(base + (col0 + 96 + c)[None, :], acc3, mask=(col0 + 96 + c)[None, :] < K)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _grad_x_kernel(GX, GA, A, seed, M, K, n_off, stride_gm, thr, scale, R: tl.constexpr, BLOCK_M: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    g = tl.program_id(1)
+    rr = tl.arange(0, R)
+    c = tl.arange(0, 32)
     ga = tl.load(GA + rm[:, None] * R + rr[None, :], mask=rm[:, None] < M, other=0.0)             # (BLOCK_M, R)
-    a = tl.load(A + rr[:, None] * K + rk[None, :], mask=rk[None, :] < K, other=0.0)              # (R, BLOCK_K)
-    part = tl.dot(ga, a)
-    keep = _keep(seed, rm, rk, K, p)
-    inb = (rm[:, None] < M) & (rk[None, :] < K)
-    ptr = GX + rm[:, None] * stride_gm + rk[None, :]
-    gx = tl.load(ptr, mask=inb, other=0.0).to(tl.float32)
-    gx += tl.where(keep, part * scale, 0.0)
-    tl.store(ptr, gx.to(GX.dtype.element_ty), mask=inb)
+    r0, r1, r2, r3 = _draws(seed, rm, g, c, n_off)
+    for e in tl.static_range(8):
+        cols = g * 256 + e * 32 + c
+        a = tl.load(A + rr[:, None] * K + cols[None, :], mask=cols[None, :] < K, other=0.0)       # (R, 32)
+        part = tl.dot(ga, a)
+        inb = (rm[:, None] < M) & (cols[None, :] < K)
+        ptr = GX + rm[:, None] * stride_gm + cols[None, :]
+        gx = tl.load(ptr, mask=inb, other=0.0).to(tl.float32)
+        gx += tl.where(_keep(e, r0, r1, r2, r3, thr), part * scale, 0.0)
+        tl.store(ptr, gx.to(GX.dtype.element_ty), mask=inb)
 
 
-def _blocks(k: int) -> tuple[int, int]:
-    if INTERPRET:
-        return 16, 16
-    return 64, 64 if k % 128 else 128
+# Launch settings: (BLOCK_M, split or num_warps...) measured on an H100 (benchmarks/bench_finetune_gpu.py kernels).
+TUNING = {"fwd": dict(BLOCK_M=32, splits=4, num_warps=4, num_stages=3),
+          "grad_a": dict(BLOCK_M=32, splits=8, num_warps=4, num_stages=3),
+          "grad_x": dict(BLOCK_M=64, num_warps=4, num_stages=3)}
+INTERPRET_TUNING = {"fwd": dict(BLOCK_M=16, splits=2), "grad_a": dict(BLOCK_M=16, splits=2),
+                    "grad_x": dict(BLOCK_M=16)}
+
+
+def _tuning(kind: str, override: dict | None) -> dict:
+    t = dict((INTERPRET_TUNING if INTERPRET else TUNING)[kind])
+    t.update(override or {})
+    return t
+
+
+def _n_off(k: int) -> int:
+    return triton.cdiv(k, GROUP) * EIGHTH
+
+
+def threshold(p: float) -> tuple[int, float]:
+    """p as the 16-bit threshold the kernels compare against, and the scale 1/(1-p') of that exact p'."""
+    thr = min(65536, max(0, round(p * 65536)))
+    return thr, (1.0 / (1.0 - thr / 65536) if thr < 65536 else 0.0)
 
 
 def supported(x2d: torch.Tensor, rank: int) -> bool:
-    """Shapes the kernels take: 2-D rows with unit column stride, r a power of two >= 16, index within int32."""
-    return (x2d.dim() == 2 and x2d.stride(-1) == 1 and rank >= 16 and rank & (rank - 1) == 0 and rank <= 256
-            and x2d.numel() <= MAX_ELEMENTS and x2d.dtype in (torch.bfloat16, torch.float16, torch.float32))
+    """Shapes the kernels take: 2-D rows with unit column stride, r a power of two in [16, 128], indices in int32."""
+    return (x2d.dim() == 2 and x2d.stride(-1) == 1 and 16 <= rank <= 128 and rank & (rank - 1) == 0
+            and x2d.shape[0] * _n_off(x2d.shape[1]) <= MAX_ELEMENTS and x2d.numel() <= MAX_ELEMENTS
+            and x2d.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
 def dropout_mask(seed: int, m: int, k: int, p: float, device) -> torch.Tensor:
     """The keep-mask (m x k, bool) that the kernels use for this seed: for tests and inspection."""
     out = torch.empty((m, k), dtype=torch.int8, device=device)
-    grid = (triton.cdiv(m, 32), triton.cdiv(k, 32))
-    _mask_kernel[grid](out, seed, m, k, p, BLOCK_M=32, BLOCK_K=32)
+    bm = 16 if INTERPRET else 64
+    thr, _ = threshold(p)
+    _mask_kernel[(triton.cdiv(m, bm), triton.cdiv(k, GROUP))](out, seed, m, k, _n_off(k), thr, BLOCK_M=bm)
     return out.bool()
 
 
-def dropout_matmul(x2d: torch.Tensor, weight_a: torch.Tensor, seed: int, p: float) -> torch.Tensor:
-    """(dropout(x) @ A^T) for x (M x K), A (R x K), both in the compute dtype; returns (M x R)."""
+def dropout_matmul(x2d: torch.Tensor, weight_a: torch.Tensor, seed: int, p: float, tuning: dict | None = None):
+    """(dropout(x) @ A^T) for x (M x K), A (R x K), both in the compute dtype; returns (M x R) in that dtype."""
     m, k = x2d.shape
     r = weight_a.shape[0]
-    out = torch.empty((m, r), dtype=x2d.dtype, device=x2d.device)
-    bm, bk = _blocks(k)
-    _fwd_kernel[(triton.cdiv(m, bm),)](x2d, weight_a.contiguous(), out, seed, m, k, x2d.stride(0), p,
-                                       1.0 / (1.0 - p), R=r, BLOCK_M=bm, BLOCK_K=bk)
-    return out
+    t = _tuning("fwd", tuning)
+    n_groups = triton.cdiv(k, GROUP)
+    splits = max(1, min(t.pop("splits"), n_groups))
+    per_split = triton.cdiv(n_groups, splits)
+    splits = triton.cdiv(n_groups, per_split)
+    part = torch.empty((splits, m, r), dtype=torch.float32, device=x2d.device)
+    thr, scale = threshold(p)
+    _fwd_kernel[(triton.cdiv(m, t["BLOCK_M"]), splits)](
+        x2d, weight_a.contiguous(), part, seed, m, k, _n_off(k), x2d.stride(0), per_split, thr, scale, R=r, **t)
+    return (part[0] if splits == 1 else part.sum(0)).to(x2d.dtype)
 
 
-def dropout_matmul_grad_a(grad_a: torch.Tensor, x2d: torch.Tensor, seed: int, p: float) -> torch.Tensor:
+def dropout_matmul_grad_a(grad_a: torch.Tensor, x2d: torch.Tensor, seed: int, p: float,
+                          tuning: dict | None = None) -> torch.Tensor:
     """ga^T @ dropout(x) in fp32, (R x K), with the mask of `dropout_matmul` for the same seed."""
     m, k = x2d.shape
     r = grad_a.shape[1]
-    bm, bk = _blocks(k)
-    splits = max(1, min(32, m // (4 * bm)))
+    t = _tuning("grad_a", tuning)
+    bm = t["BLOCK_M"]
+    splits = max(1, min(t.pop("splits"), triton.cdiv(m, bm)))
     rows = triton.cdiv(triton.cdiv(m, splits), bm) * bm
     splits = triton.cdiv(m, rows)
     part = torch.empty((splits, r, k), dtype=torch.float32, device=x2d.device)
-    _grad_a_kernel[(triton.cdiv(k, bk), splits)](grad_a.contiguous(), x2d, part, seed, m, k, x2d.stride(0), rows,
-                                                 p, 1.0 / (1.0 - p), R=r, BLOCK_M=bm, BLOCK_K=bk)
-    return part.sum(0)
+    thr, scale = threshold(p)
+    _grad_a_kernel[(triton.cdiv(k, GROUP), splits, 2)](
+        grad_a.contiguous(), x2d, part, seed, m, k, _n_off(k), x2d.stride(0), rows, thr, scale, R=r, **t)
+    return part[0] if splits == 1 else part.sum(0)
 
 
 def dropout_matmul_grad_x_(grad_x: torch.Tensor, grad_a: torch.Tensor, weight_a: torch.Tensor, seed: int,
-                           p: float) -> torch.Tensor:
+                           p: float, tuning: dict | None = None) -> torch.Tensor:
     """grad_x += (ga @ A) * keep / (1-p), in place on grad_x (M x K, unit column stride); returns grad_x."""
     m, k = grad_x.shape
     r = grad_a.shape[1]
-    bm, bk = _blocks(k)
-    grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
-    _grad_x_kernel[grid](grad_x, grad_a.contiguous(), weight_a.contiguous(), seed, m, k, grad_x.stride(0), p,
-                         1.0 / (1.0 - p), R=r, BLOCK_M=bm, BLOCK_K=bk)
+    t = _tuning("grad_x", tuning)
+    grid = (triton.cdiv(m, t["BLOCK_M"]), triton.cdiv(k, GROUP))
+    thr, scale = threshold(p)
+    _grad_x_kernel[grid](grad_x, grad_a.contiguous(), weight_a.contiguous(), seed, m, k, _n_off(k),
+                         grad_x.stride(0), thr, scale, R=r, **t)
     return grad_x
