@@ -215,6 +215,8 @@ CASES = {c.name: c for c in [
          note="the stage's memory_mode=fast (>= 70 GiB): default_fused_adamw + fused LoRA"),
     Case("fast_bnb8", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_bnb_8bit", fuse=True,
          note="fast with 8-bit AdamW, not paged"),
+    Case("fast_mb8", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
+         mb=8, accum=2, note="fast, micro-batch 8 x accum 2 (the memory the Triton dropout frees)"),
     Case("fast_torchdrop", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
          triton=False, note="fast, fused LoRA but PyTorch's dropout (no Triton dropout kernels)"),
     Case("lean_fused_torchdrop", attn="varlen", liger=True, gc=True, upcast=False, fuse=True, triton=False,

@@ -30,7 +30,7 @@ for phase in "$@"; do
     CUDA_VISIBLE_DEVICES=0 $PY $B check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
     ;;
   train)
-    CUDA_VISIBLE_DEVICES=0 timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" \
+    CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" \
       --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
       2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  "
@@ -56,7 +56,7 @@ for phase in "$@"; do
     for mode in bf16 fp16; do
       D=/tmp/nb_$mode; $PY $B make-data --out $D --rows 64
       extra=""; [ $mode = fp16 ] && extra="NBUTILS_FORCE_FP16=1 PYTHONPATH=$PWD/benchmarks/force_fp16:$PYTHONPATH"
-      for nb in 04_finetune 05_evaluate; do
+      for nb in ${NBS:-04_finetune 05_evaluate}; do
         [ -f notebooks/$nb.ipynb ] || { echo "notebooks/$nb.ipynb missing"; continue; }
         p="-p data_dir $D -p base_model $SMOL -p load_in_4bit True"
         [ $nb = 04_finetune ] && p="$p -p max_steps 12"
