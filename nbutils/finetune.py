@@ -5,9 +5,11 @@ on the seven projections, batch 4 x accum 4, gradient checkpointing, paged_adamw
 max_grad_norm 0.3, 3 epochs, 2048 tokens, Alpaca template). On a GPU the speed knobs default to the measured fast
 recipe (benchmarks/RESULTS.md): no fp32 copy of the non-quantised weights, padding-free packing with PyTorch's flash
 varlen kernel when flash-attn is absent (nbutils.attention), Liger kernels when installed, and memory_mode "fast"
-(no checkpointing, fused AdamW) on >= 70 GiB or "lean" (checkpointing, paged 8-bit AdamW) below. The original
+(no checkpointing, fused AdamW) on >= 47 GiB (70 GiB without the Triton LoRA dropout) or "lean" (checkpointing,
+paged 8-bit AdamW) below; LoRA layers fused (nbutils.fused_lora: scale and sum in one GEMM, dropout inside Triton
+kernels on CUDA). The original
 recipe exactly: memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True, attn_implementation="sdpa",
-packing=False. Its defaults are fixed:
+packing=False, fuse_lora=False. Its defaults are fixed:
 
 - the loss covers the response only (prompt/completion rows: TRL masks the prompt with -100);
 - EOS ends every completion and stays in the labels, and the pad token is a different token where the tokenizer
@@ -43,6 +45,10 @@ from .config import StageConfig
 from .io import read_json, sha256_text, write_json
 from .templates import ALPACA, CHAT, TEMPLATES, build_prompt, chat_messages
 
+# Packed micro-batches change shape every step: without expandable segments the caching allocator held 52.2 GiB
+# for a 41.4 GiB peak (fast mode, H100); with them 42.0. Read at CUDA's first allocation; a value already set wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Tokens tried as a pad token distinct from EOS, in order (Llama 3.1 ships a dedicated one; Llama 3 has 250 unused
 # reserved tokens; most other families have <pad>/[PAD]/<|endoftext|>). None of them resizes the embeddings.
@@ -57,11 +63,16 @@ OPERATIONAL_FIELDS = {"profile", "data_dir", "dataset_dir", "output_dir", "check
                       "num_train_epochs", "multi_gpu", "num_processes", "per_device_eval_batch_size",
                       "memory_mode", "fuse_lora"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
 # memory_mode presets for the fields left at None (an injected value or a profile's wins). Measured on an H100 80GB,
-# random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md): fast 12,531 tok/s at 58.9 GiB peak,
-# lean 8,130-8,640 tok/s at 10.05 GiB (the original recipe: 5,236 tok/s at 15.78 GiB).
+# random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md), with the fused LoRA layers: fast
+# 13,018-13,607 tok/s at 41.4 GiB peak, lean 9,179-9,477 tok/s at 9.4-10.0 GiB (the original recipe, bf16-loaded:
+# 7,048-7,230 tok/s at 10.5 GiB).
 MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_fused"},
                 "lean": {"gradient_checkpointing": True, "optim": "paged_adamw_8bit"}}
-FAST_MIN_GPU_GIB = 70.0   # memory_mode="auto" picks "fast" on a GPU with at least this much memory
+# memory_mode="auto" picks "fast" on a GPU with at least this much memory (fast peaks, measured as above:
+# 58.9 GiB with PEFT's LoRA dropout, which keeps a dropped copy of every projection's input; 41.4 GiB with the
+# dropout inside nbutils.fused_lora_triton's kernels or with no LoRA dropout)
+FAST_MIN_GPU_GIB = 70.0
+FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
 LIGER_REQUIREMENT = "liger-kernel==0.8.5"
 
 
@@ -102,7 +113,8 @@ class FinetuneConfig(StageConfig):
     optim: str | None = None                        # None: from memory_mode (fast: adamw_torch_fused, lean:
     #                                                 paged_adamw_8bit); CPU falls back to adamw_torch
     gradient_checkpointing: bool | None = None      # None: from memory_mode (fast: off, lean: on)
-    memory_mode: str = "auto"                       # "fast" | "lean" | "auto" (CUDA: fast on >= 70 GiB, else lean;
+    memory_mode: str = "auto"                       # "fast" | "lean" | "auto" (CUDA: fast on >= 47 GiB, 70 GiB
+    #                                                 without the Triton LoRA dropout, else lean;
     #                                                 CPU: lean); fills only gradient_checkpointing/optim left None
     use_liger_kernel: bool | None = None            # Liger kernels; None: on with CUDA when liger_kernel imports
     fuse_lora: bool = True                          # LoRA scale + sum folded into one GEMM (nbutils.fused_lora;
@@ -225,20 +237,33 @@ def liger_available() -> bool:
     return module_imports("liger_kernel")
 
 
-def resolve_memory_mode(memory_mode: str, device: str) -> tuple[str, str]:
+def fast_min_gpu_gib(cfg: FinetuneConfig) -> tuple[float, str]:
+    """The GPU memory from which memory_mode="auto" picks "fast", and why that much."""
+    from .models import module_imports
+
+    if not cfg.lora_dropout:
+        return FAST_MIN_GPU_GIB_FUSED_DROPOUT, "no LoRA dropout"
+    if cfg.fuse_lora and module_imports("triton"):
+        return FAST_MIN_GPU_GIB_FUSED_DROPOUT, "LoRA dropout in Triton kernels"
+    return FAST_MIN_GPU_GIB, "PEFT's LoRA dropout"
+
+
+def resolve_memory_mode(memory_mode: str, device: str, min_gib: float = FAST_MIN_GPU_GIB,
+                        because: str = "") -> tuple[str, str]:
     """("fast" | "lean", why): as set, or on CUDA by the GPU's total memory; CPU: lean (as before the modes)."""
     if memory_mode in MEMORY_MODES:
         return memory_mode, "set"
     if device != "cuda":
         return "lean", "auto: no CUDA GPU"
     gib = gpu_memory_gib()
-    sign = ">=" if gib >= FAST_MIN_GPU_GIB else "<"
-    return ("fast" if gib >= FAST_MIN_GPU_GIB else "lean"), f"auto: GPU has {gib:.1f} GiB {sign} {FAST_MIN_GPU_GIB:.0f}"
+    sign = ">=" if gib >= min_gib else "<"
+    return ("fast" if gib >= min_gib else "lean"), (f"auto: GPU has {gib:.1f} GiB {sign} {min_gib:.0f}"
+                                                     + (f" ({because})" if because else ""))
 
 
 def resolve_memory_knobs(cfg: FinetuneConfig, device: str) -> tuple[str, bool, str, str]:
     """memory_mode, gradient_checkpointing, optim (before the CPU fallback) and the line that says why."""
-    mode, why = resolve_memory_mode(cfg.memory_mode, device)
+    mode, why = resolve_memory_mode(cfg.memory_mode, device, *fast_min_gpu_gib(cfg))
     preset = MEMORY_MODES[mode]
     gc = preset["gradient_checkpointing"] if cfg.gradient_checkpointing is None else bool(cfg.gradient_checkpointing)
     optim = preset["optim"] if cfg.optim is None else cfg.optim

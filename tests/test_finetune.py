@@ -158,7 +158,7 @@ def test_full_profile_on_a_big_gpu_takes_the_fast_recipe(tmp_path, monkeypatch):
     assert (rt.attn_implementation, rt.packing, rt.padding_free) == ("sdpa_varlen", True, True)
     assert (rt.use_liger_kernel, rt.upcast_non_quantized, rt.load_in_4bit, rt.bf16) == (True, False, True, True)
     text = rt.describe()
-    assert "memory_mode=fast (auto: GPU has 79.1 GiB >= 70)" in text
+    assert "memory_mode=fast (auto: GPU has 79.1 GiB >= " in text
     assert "optim=adamw_torch_fused (from memory_mode)" in text and "kept in bfloat16" in text
 
 
@@ -166,7 +166,22 @@ def test_full_profile_on_a_smaller_gpu_is_lean(tmp_path, monkeypatch):
     fake_cuda(monkeypatch, gib=39.4)
     rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
     assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("lean", True, "paged_adamw_8bit")
-    assert rt.packing and rt.use_liger_kernel and "39.4 GiB < 70" in rt.describe()
+    assert rt.packing and rt.use_liger_kernel and "39.4 GiB < " in rt.describe()
+
+
+@pytest.mark.parametrize("triton,params,mode,why", [
+    (True, {}, "fast", "47.9 GiB >= 47 (LoRA dropout in Triton kernels)"),
+    (False, {}, "lean", "47.9 GiB < 70 (PEFT's LoRA dropout)"),
+    (True, {"fuse_lora": False}, "lean", "47.9 GiB < 70 (PEFT's LoRA dropout)"),
+    (False, {"lora_dropout": 0.0}, "fast", "47.9 GiB >= 47 (no LoRA dropout)")])
+def test_a_48gb_gpu_is_fast_only_where_the_dropout_keeps_no_copy(tmp_path, monkeypatch, triton, params, mode, why):
+    import nbutils.models as models
+
+    fake_cuda(monkeypatch, gib=47.9)
+    real = models.module_imports
+    monkeypatch.setattr(models, "module_imports", lambda name: triton if name == "triton" else real(name))
+    rt = ft.resolve_runtime(full_cfg(tmp_path, **params), device="cuda")
+    assert rt.memory_mode == mode and why in rt.describe()
 
 
 def test_injected_knobs_win_over_the_memory_mode(tmp_path, monkeypatch):
