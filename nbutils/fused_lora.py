@@ -66,20 +66,25 @@ def _plain_adapter(layer, x, args, kwargs) -> str | None:
     return name
 
 
-def _base_weight(base, dtype):
-    """The frozen base weight (out x in) in `dtype` for the input gradient, or None if this base is not handled."""
+def _base_kind(base) -> str | None:
+    """"4bit" (bitsandbytes Linear4bit) or "dense" (torch.nn.Linear) for a frozen base the kernels' path can take."""
     import torch
 
     weight = getattr(base, "weight", None)
     if weight is None or weight.requires_grad:
         return None
     if type(base).__name__ == "Linear4bit" and getattr(weight, "quant_state", None) is not None:
+        return "4bit"
+    return "dense" if type(base) is torch.nn.Linear else None
+
+
+def _base_weight(base, dtype):
+    """The frozen base weight (out x in) in `dtype`, for the input gradient."""
+    if _base_kind(base) == "4bit":
         import bitsandbytes.functional as bnbf
 
-        return bnbf.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
-    if type(base) is torch.nn.Linear:
-        return weight.to(dtype)
-    return None
+        return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
+    return base.weight.to(dtype)
 
 
 def _dropout_kernel_applies(layer, name, x, p) -> bool:
@@ -90,8 +95,7 @@ def _dropout_kernel_applies(layer, name, x, p) -> bool:
     kernels = triton_kernels()
     if kernels is None or not (x.is_cuda or (kernels.INTERPRET and ALLOW_CPU_INTERPRETER)):
         return False
-    base = layer.base_layer
-    if type(base).__name__ not in ("Linear", "Linear4bit") or base.weight.requires_grad:
+    if _base_kind(layer.base_layer) is None:
         return False
     return kernels.supported(x.reshape(-1, x.shape[-1]), layer.lora_A[name].weight.shape[0])
 

@@ -129,3 +129,13 @@ def test_kernels_stay_out_of_eval_and_no_grad(lora_block, monkeypatch):
     lora_block.eval()
     lora_block(x)
     assert seeds == []
+
+
+def test_a_trainable_base_weight_keeps_pytorch_dropout(lora_block, monkeypatch):
+    """The kernels' backward assumes a frozen base (no weight gradient): anything else stays on PyTorch ops."""
+    seeds = record_seeds(monkeypatch)
+    base = lora_block.get_base_model().q_proj.base_layer
+    base.weight.requires_grad_(True)
+    x = torch.randn(8, 32)
+    lora_block(x).sum().backward()
+    assert len(seeds) == 1 and base.weight.grad is not None   # only down_proj took the kernels
