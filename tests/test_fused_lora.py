@@ -71,15 +71,20 @@ def test_fused_under_bf16_autocast_is_as_accurate_as_peft():
         assert rel_err(ours, ref) <= 1.5 * rel_err(theirs, ref) + 1e-3
 
 
-def test_adapter_changes_the_output_and_disabling_it_gives_the_base():
+def fused_eval_model():
+    """A fused LoRA model in eval mode, an input, and its output."""
     model = lora_model(dropout=0.0)
     model.eval()
     x = torch.randn(4, 32)
     fuse_lora_layers(model)
     with torch.no_grad():
-        fused = model(x)
-        with model.disable_adapter():
-            base = model(x)
+        return model, x, model(x)
+
+
+def test_adapter_changes_the_output_and_disabling_it_gives_the_base():
+    model, x, fused = fused_eval_model()
+    with torch.no_grad(), model.disable_adapter():
+        base = model(x)
     assert (fused - base).abs().max() > 1e-3
     with torch.no_grad():
         torch.testing.assert_close(base, model.get_base_model().down_proj.base_layer(
@@ -87,12 +92,8 @@ def test_adapter_changes_the_output_and_disabling_it_gives_the_base():
 
 
 def test_merge_and_unload_after_fusing_gives_the_same_model():
-    model = lora_model(dropout=0.0)
-    model.eval()
-    x = torch.randn(4, 32)
-    fuse_lora_layers(model)
+    model, x, fused = fused_eval_model()
     with torch.no_grad():
-        fused = model(x)
         merged = model.merge_and_unload()(x)
     torch.testing.assert_close(merged, fused, rtol=1e-5, atol=1e-5)
 
