@@ -459,3 +459,13 @@ def test_resume_after_kill_continues_at_the_right_step_with_the_same_data(data_d
     assert ft.decide_resume(other, "another-fingerprint") is None
     with pytest.raises(FileNotFoundError):
         ft.decide_resume(tiny_cfg(data_dir, resume=True), "x")
+
+
+def test_out_of_memory_message_names_the_knobs_that_free_memory(tmp_path, monkeypatch):
+    fake_cuda(monkeypatch, gib=79.1)
+    cfg = full_cfg(tmp_path, fuse_lora=False)
+    msg = ft.explain_oom(cfg, ft.resolve_runtime(cfg, device="cuda"))
+    assert "per_device_train_batch_size=4 -> 2" in msg and 'memory_mode="lean"' in msg
+    assert "fuse_lora=True" in msg and "lora_r=64 -> 16" in msg
+    cfg = full_cfg(tmp_path)
+    assert "fuse_lora" not in ft.explain_oom(cfg, ft.resolve_runtime(cfg, device="cuda"))
