@@ -9,7 +9,7 @@ of the lora_B GEMM (`torch.addmm(result, a, B^T, alpha=scaling)`), so those pass
 With LoRA dropout in training on CUDA, the dropout itself is fused too when Triton is there (it ships with torch's
 CUDA wheels): `nbutils.fused_lora_triton` draws the mask inside the lora_A GEMM and its two backward kernels, so the
 dropped copy of x is never written or kept, and the LoRA input gradient is added straight into the base layer's
-(`_LoRADropoutFunction` below). The mask is a different random draw from PEFT's, with the same distribution.
+(`LoRADropout` below). The mask is a different random draw from PEFT's, with the same distribution.
 
 Only the plain case is fused: one active vanilla LoRA adapter (no DoRA or other variant, no lora_B bias), not merged,
 no per-call adapter names, and either autocast on or the input already in the adapter's dtype. Anything else goes
@@ -21,6 +21,8 @@ to PEFT's own forward unchanged.
 from __future__ import annotations
 
 import types
+
+import torch
 
 _ORIGINAL = "_nbutils_unfused_forward"
 _TRITON_FLAG = "_nbutils_triton_dropout"
@@ -40,16 +42,8 @@ def triton_kernels():
     return _triton_module or None
 
 
-def _lora_layer_class():
-    from peft.tuners.lora import LoraLayer
-
-    return LoraLayer
-
-
 def _plain_adapter(layer, x, args, kwargs) -> str | None:
     """The one active adapter's name when this call can be fused, else None."""
-    import torch
-
     if args or kwargs or layer.disable_adapters or layer.merged:
         return None
     active = layer.active_adapters
@@ -68,8 +62,6 @@ def _plain_adapter(layer, x, args, kwargs) -> str | None:
 
 def _base_kind(base) -> str | None:
     """"4bit" (bitsandbytes Linear4bit) or "dense" (torch.nn.Linear) for a frozen base the kernels' path can take."""
-    import torch
-
     weight = getattr(base, "weight", None)
     if weight is None or weight.requires_grad:
         return None
@@ -88,8 +80,6 @@ def _base_weight(base, dtype):
 
 
 def _dropout_kernel_applies(layer, name, x, p) -> bool:
-    import torch
-
     if not (0.0 < p < 1.0) or not layer.__dict__.get(_TRITON_FLAG, False) or not torch.is_grad_enabled():
         return False
     kernels = triton_kernels()
@@ -100,62 +90,44 @@ def _dropout_kernel_applies(layer, name, x, p) -> bool:
     return kernels.supported(x.reshape(-1, x.shape[-1]), layer.lora_A[name].weight.shape[0])
 
 
-class _LoRADropoutFunction:
-    """base(x) + s * B(A(dropout(x))) as one autograd node, the dropout inside Triton kernels (built lazily: the
-    class needs torch)."""
-    fn = None
+class LoRADropout(torch.autograd.Function):
+    """base(x) + s * B(A(dropout(x))) as one autograd node, the dropout inside nbutils.fused_lora_triton's kernels."""
 
-    @classmethod
-    def get(cls):
-        if cls.fn is None:
-            cls.fn = _make_dropout_function()
-        return cls.fn
+    @staticmethod
+    def forward(ctx, x, weight_a, weight_b, layer, p, scaling, seed, dtype):
+        kernels = triton_kernels()
+        result = layer.base_layer(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.dtype != dtype:
+            x2 = x2.to(dtype)
+        a = kernels.dropout_matmul(x2, weight_a.to(dtype), seed, p)
+        n = result.shape[-1]
+        out = torch.addmm(result.reshape(-1, n).to(dtype), a, weight_b.to(dtype).t(), alpha=scaling)
+        ctx.save_for_backward(x2, weight_a, weight_b, a)
+        ctx.layer, ctx.p, ctx.scaling, ctx.seed, ctx.dtype = layer, p, scaling, seed, dtype
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return out.view(*result.shape[:-1], n)
 
-
-def _make_dropout_function():
-    import torch
-
-    class LoRADropout(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight_a, weight_b, layer, p, scaling, seed, dtype):
-            kernels = triton_kernels()
-            result = layer.base_layer(x)
-            x2 = x.reshape(-1, x.shape[-1])
-            if x2.dtype != dtype:
-                x2 = x2.to(dtype)
-            a = kernels.dropout_matmul(x2, weight_a.to(dtype), seed, p)
-            n = result.shape[-1]
-            out = torch.addmm(result.reshape(-1, n).to(dtype), a, weight_b.to(dtype).t(), alpha=scaling)
-            ctx.save_for_backward(x2, weight_a, weight_b, a)
-            ctx.layer, ctx.p, ctx.scaling, ctx.seed, ctx.dtype = layer, p, scaling, seed, dtype
-            ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-            return out.view(*result.shape[:-1], n)
-
-        @staticmethod
-        def backward(ctx, grad):
-            kernels = triton_kernels()
-            x2, weight_a, weight_b, a = ctx.saved_tensors
-            dtype, p, seed = ctx.dtype, ctx.p, ctx.seed
-            g2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            weight_a_c = weight_a.to(dtype)
-            grad_a_out = torch.mm(g2, weight_b.to(dtype)) * ctx.scaling            # d loss / d a   (M x r)
-            grad_wb = (torch.mm(g2.t(), a) * ctx.scaling).to(weight_b.dtype) if ctx.needs_input_grad[2] else None
-            grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p).to(weight_a.dtype)
-                       if ctx.needs_input_grad[1] else None)
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.mm(g2, _base_weight(ctx.layer.base_layer, dtype))
-                kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, weight_a_c, seed, p)
-                grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
-            return grad_x, grad_wa, grad_wb, None, None, None, None, None
-
-    return LoRADropout
+    @staticmethod
+    def backward(ctx, grad):
+        kernels = triton_kernels()
+        x2, weight_a, weight_b, a = ctx.saved_tensors
+        dtype, p, seed = ctx.dtype, ctx.p, ctx.seed
+        g2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
+        grad_a_out = torch.mm(g2, weight_b.to(dtype)) * ctx.scaling            # d loss / d a   (M x r)
+        grad_wb = (torch.mm(g2.t(), a) * ctx.scaling).to(weight_b.dtype) if ctx.needs_input_grad[2] else None
+        grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p).to(weight_a.dtype)
+                   if ctx.needs_input_grad[1] else None)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(g2, _base_weight(ctx.layer.base_layer, dtype))
+            kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, weight_a.to(dtype), seed, p)
+            grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, grad_wa, grad_wb, None, None, None, None, None
 
 
 def fused_lora_forward(self, x, *args, **kwargs):
     """Drop-in forward for a PEFT LoRA layer (nn.Linear or bitsandbytes 4-bit base)."""
-    import torch
-
     name = _plain_adapter(self, x, args, kwargs)
     if name is None:
         return getattr(self, _ORIGINAL)(x, *args, **kwargs)
@@ -165,13 +137,11 @@ def fused_lora_forward(self, x, *args, **kwargs):
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # CPU generator: checkpointing replays it
-        return _LoRADropoutFunction.get().apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self, p,
-                                                self.scaling[name], seed, dtype)
+        return LoRADropout.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self, p, self.scaling[name],
+                                 seed, dtype)
     result = self.base_layer(x)
     a = self.lora_A[name](dropout(x))
     weight_b = self.lora_B[name].weight
-    if not torch.is_autocast_enabled(x.device.type) and result.dtype != a.dtype:
-        return result + torch.nn.functional.linear(a, weight_b).to(result.dtype) * self.scaling[name]
     out = torch.addmm(result.reshape(-1, result.shape[-1]), a.reshape(-1, a.shape[-1]), weight_b.t(),
                       alpha=self.scaling[name])
     return out.view(result.shape)
@@ -180,10 +150,11 @@ def fused_lora_forward(self, x, *args, **kwargs):
 def fuse_lora_layers(model, triton_dropout: bool = True) -> int:
     """Give every PEFT LoRA layer of `model` the fused forward (with the Triton dropout kernels where they apply,
     unless triton_dropout=False); returns how many layers now have it. Idempotent."""
-    lora_layer = _lora_layer_class()
+    from peft.tuners.lora import LoraLayer
+
     n = 0
     for module in model.modules():
-        if not isinstance(module, lora_layer) or not hasattr(module, "base_layer"):
+        if not isinstance(module, LoraLayer) or not hasattr(module, "base_layer"):
             continue
         if _ORIGINAL not in module.__dict__:
             module.__dict__[_ORIGINAL] = module.forward
