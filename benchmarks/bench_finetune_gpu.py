@@ -182,6 +182,10 @@ class Case:
     steps: int | None = None      # timed optimizer steps (None: --steps)
     note: str = ""
     auto: bool = False            # set none of the knobs above but the batch: the stage decides (memory_mode auto)
+    patch: str = ""               # diagnostics on top of the case: "nometrics" (TRL's per-micro-batch metrics and
+                                  # their .item() syncs skipped: an upper bound), "gcoff" (Python's GC off while
+                                  # training), "stocktrl" (TRL's/Trainer's own per-micro-batch read-backs instead of
+                                  # nbutils.trainer's deferred ones)
 
 
 CASES = {c.name: c for c in [
@@ -229,6 +233,13 @@ CASES = {c.name: c for c in [
          note="default + torch.compile per decoder layer"),
     Case("default_nolig_cpu", attn="sdpa", gc=False, upcast=False, note="CPU dry run"),
     Case("stage_auto", auto=True, note="no knob set: the stage's own defaults on this machine"),
+    Case("auto_nometrics", auto=True, patch="nometrics",
+         note="diagnostic: stage_auto without TRL's per-micro-batch metrics (no .item() after each forward)"),
+    Case("auto_gcoff", auto=True, patch="gcoff", note="diagnostic: stage_auto with Python's garbage collector off"),
+    Case("auto_stocktrl", auto=True, patch="stocktrl",
+         note="stage_auto with TRL's own SFTTrainer read-backs (a .item() per micro-batch for metrics and tokens)"),
+    Case("lean_stocktrl", attn="varlen", liger=True, gc=True, upcast=False, fuse=True, patch="stocktrl",
+         note="lean_fused with TRL's own SFTTrainer read-backs"),
 ]}
 
 
@@ -285,6 +296,7 @@ class StepTimer:
         self.profile = False
         self.prof = None
         self.profile_report = None
+        self.trace_path = None
         self.syncdebug = False
         self.sync_step = None
         self.sync_sites = None
@@ -351,6 +363,18 @@ class StepTimer:
         self.profile_report = {"wall_s": round(wall, 3), "kernel_time_s": round(gpu_us / 1e6, 3),
                                "top_gpu": ka.table(sort_by="self_device_time_total", row_limit=25),
                                "top_cpu": ka.table(sort_by="self_cpu_time_total", row_limit=15)}
+        if self.trace_path:
+            import gzip
+            import shutil
+
+            self.prof.export_chrome_trace(self.trace_path)
+            try:
+                self.profile_report["timeline"] = analyse_trace(self.trace_path)
+            except Exception as e:
+                log(f"trace analysis failed: {type(e).__name__}: {e}")
+            with open(self.trace_path, "rb") as f, gzip.open(self.trace_path + ".gz", "wb", compresslevel=6) as g:
+                shutil.copyfileobj(f, g)
+            os.remove(self.trace_path)
         self.prof = None
 
     def hook(self, module, args, kwargs):
@@ -394,6 +418,82 @@ class StepTimer:
         return _CB()
 
 
+def analyse_trace(path: str, min_gap_us: float = 5.0) -> dict:
+    """Where the GPU waits, from a torch.profiler chrome trace of one step: idle gaps between GPU events (kernels,
+    copies, sets), each put down to the CPU op chain that launched the work ending it (outermost > launching op)
+    and to the CUDA runtime calls running during it; and the device-to-device copies by the op chain that made them."""
+    import bisect
+    import collections
+
+    events = json.loads(Path(path).read_text())["traceEvents"]
+    gpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    ops = [e for e in events if e.get("ph") == "X" and e.get("cat") == "cpu_op"
+           and not str(e.get("name", "")).startswith("ProfilerStep")]
+    runtime = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"),
+                     key=lambda e: e["ts"])
+    by_tid: dict = collections.defaultdict(list)
+    for e in ops:
+        by_tid[e["tid"]].append(e)
+    starts, parent = {}, {}
+    for tid, lst in by_tid.items():
+        lst.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        stack = []
+        for e in lst:
+            while stack and stack[-1]["ts"] + stack[-1].get("dur", 0) < e["ts"]:
+                stack.pop()
+            parent[id(e)] = stack[-1] if stack else None
+            stack.append(e)
+        starts[tid] = [e["ts"] for e in lst]
+    ext = {e["args"]["External id"]: e for e in ops if "External id" in e.get("args", {})}
+
+    def chain(op) -> str:
+        names = []
+        while op is not None:
+            names.append(str(op["name"])[:70])
+            op = parent.get(id(op))
+        return " > ".join([names[-1], names[0]] if len(names) > 1 else names)
+
+    def launcher(e):
+        return ext.get(e.get("args", {}).get("External id"))
+
+    gpu.sort(key=lambda e: e["ts"])
+    t_first, busy_end = gpu[0]["ts"], gpu[0]["ts"] + gpu[0].get("dur", 0)
+    gaps, busy = [], 0.0
+    seg_start = t_first
+    for e in gpu[1:]:
+        if e["ts"] > busy_end + min_gap_us:
+            gaps.append((busy_end, e["ts"], e))
+            busy += busy_end - seg_start
+            seg_start = e["ts"]
+        busy_end = max(busy_end, e["ts"] + e.get("dur", 0))
+    busy += busy_end - seg_start
+    span = busy_end - t_first
+    by_next, by_runtime = collections.Counter(), collections.Counter()
+    hist = collections.Counter()
+    rt_starts = [e["ts"] for e in runtime]
+    for g0, g1, nxt in gaps:
+        d = g1 - g0
+        hist["<20us" if d < 20 else "20-100us" if d < 100 else "0.1-1ms" if d < 1000 else ">1ms"] += d
+        op = launcher(nxt)
+        by_next[chain(op) if op else str(nxt.get("name"))[:60]] += d
+        i = bisect.bisect_right(rt_starts, g1)
+        for r in runtime[max(0, i - 400):i]:   # runtime calls overlapping the gap
+            ov = min(g1, r["ts"] + r.get("dur", 0)) - max(g0, r["ts"])
+            if ov > 0:
+                by_runtime[str(r["name"])] += ov
+    dtod = collections.Counter()
+    for e in gpu:
+        if e.get("cat") == "gpu_memcpy" and "DtoD" in str(e.get("name")):
+            op = launcher(e)
+            dtod[chain(op) if op else "?"] += e.get("dur", 0)
+    ms = lambda us: round(us / 1000, 2)  # noqa: E731
+    return {"span_ms": ms(span), "gpu_busy_ms": ms(busy), "idle_ms": ms(span - busy),
+            "gaps": len(gaps), "idle_by_gap_length_ms": {k: ms(v) for k, v in hist.items()},
+            "idle_by_next_launch_ms": [[k, ms(v)] for k, v in by_next.most_common(25)],
+            "runtime_calls_during_idle_ms": [[k, ms(v)] for k, v in by_runtime.most_common(12)],
+            "dtod_copies_by_op_ms": [[k, ms(v)] for k, v in dtod.most_common(10)]}
+
+
 def sync():
     import torch
 
@@ -409,6 +509,31 @@ def n_params_unquantised(model_dir: str) -> int:
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(cfg)
     return sum(p.numel() for p in m.parameters())
+
+
+def skip_trl_metrics(trainer) -> None:
+    """Diagnostic: the training loss exactly as TRL's compute_loss makes it (fused LM head, nll), without the
+    entropy / token-accuracy / token-count metrics that it reads back with .item() after every micro-batch."""
+    import torch
+
+    def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * trainer.accelerator.num_processes
+        return loss
+
+    trainer.compute_loss = compute_loss
+
+
+def use_stock_trl(trainer) -> None:
+    """TRL's and the Trainer's own per-micro-batch read-backs on this trainer (nbutils.trainer defers them)."""
+    from trl import SFTTrainer
+
+    for name in ("compute_loss", "_track_num_input_tokens", "log", "_save_checkpoint"):
+        setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
 
 
 def compile_layers(model) -> None:
@@ -451,6 +576,17 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         fuse_lora_layers(trainer.model, triton_dropout=False)
     if case.compile:
         compile_layers(trainer.model)
+    if case.patch == "nometrics":
+        skip_trl_metrics(trainer)
+    if case.patch == "stocktrl":
+        use_stock_trl(trainer)
+    if timer.profile and args.trace_dir:
+        timer.trace_path = str(Path(args.trace_dir) / f"trace_{case.name}.json")
+    gc_was_on = gc.isenabled()
+    if case.patch == "gcoff":
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     mem0 = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
     t_start = time.time()
     err = None
@@ -460,6 +596,9 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         err = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"[{case.name}] FAILED: {err}")
     wall = time.time() - t_start
+    if case.patch == "gcoff" and gc_was_on:
+        gc.enable()
+        gc.unfreeze()
     tokens = timer.tok1 - timer.tok0
     secs = (timer.t1 - timer.t0) if timer.t0 is not None else float("nan")
     if world > 1:
@@ -492,6 +631,8 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         log(f"[{case.name}] profiled step: {rep['wall_s']} s wall, {rep['kernel_time_s']} s of GPU kernels")
         log(rep["top_gpu"])
         log(rep["top_cpu"])
+        if rep.get("timeline"):
+            log(f"[{case.name}] timeline: {json.dumps(rep['timeline'])}")
     if is_main() and timer.sync_sites is not None:
         log(f"[{case.name}] {res['syncs_in_one_step']} synchronising calls in one optimizer step:")
         for site, n in timer.sync_sites.most_common(20):
@@ -725,8 +866,21 @@ def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1, sweep: boo
     return res
 
 
+def use_cheap_draws() -> None:
+    """Diagnostic: swap the kernels' Philox draws for one multiply per draw (before anything compiles), to see how
+    much of the kernels' time the random numbers take."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cheap_draws import draws_cheap
+
+    from nbutils import fused_lora_triton as kernels
+
+    kernels._draws = draws_cheap
+
+
 def cmd_kernels(args) -> dict:
-    out = {"kind": "kernels", "env": environment(), **check_dropout_kernels(sweep=args.sweep)}
+    if args.rng == "cheap":
+        use_cheap_draws()
+    out = {"kind": "kernels", "rng": args.rng, "env": environment(), **check_dropout_kernels(sweep=args.sweep)}
     log(json.dumps(out, indent=1))
     if args.json:
         write_results(args.json, out)
@@ -871,6 +1025,7 @@ def main(argv=None) -> int:
     t.add_argument("--max-len", type=int, default=600)
     t.add_argument("--profile", default="", help="cases whose extra last step is profiled (torch.profiler)")
     t.add_argument("--sync-debug", default="", help="cases whose extra last step counts synchronising calls")
+    t.add_argument("--trace-dir", default="", help="with --profile: write trace_<case>.json.gz here and analyse it")
     t.add_argument("--bf16-base", action="store_true", help="plain LoRA on a bf16 base instead of 4-bit")
     g = sub.choices["gen"]
     g.add_argument("--new-tokens", type=int, default=128)
@@ -880,6 +1035,9 @@ def main(argv=None) -> int:
     k = sub.add_parser("kernels", help="LoRA dropout Triton kernels: correctness and time vs PyTorch (GPU)")
     k.add_argument("--sweep", action="store_true", help="time every launch setting of a small grid too")
     k.add_argument("--json", default=None)
+    k.add_argument("--rng", default="philox", choices=("philox", "cheap"),
+                   help="cheap: a one-multiply stand-in for the Philox draws (diagnostic: the kernels' time "
+                        "without the random numbers; masks are then not random)")
     a = p.parse_args(argv)
     if a.cmd == "kernels":
         cmd_kernels(a)

@@ -24,13 +24,13 @@ for phase in "$@"; do
     [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
     ;;
   kernels)
-    CUDA_VISIBLE_DEVICES=0 $PY $B kernels ${SWEEP:+--sweep} --json "$OUT/kernels.json" 2>&1 | grep -v Warning | tail -${KERNELS_TAIL:-60}
+    CUDA_VISIBLE_DEVICES=0 $PY $B kernels ${SWEEP:+--sweep} ${RNG:+--rng $RNG} --json "$OUT/kernels${RNG:+_$RNG}.json" 2>&1 | grep -v Warning | tail -${KERNELS_TAIL:-60}
     ;;
   check)
     CUDA_VISIBLE_DEVICES=0 $PY $B check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
     ;;
   train)
-    CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" \
+    CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" --trace-dir "$FINAL" \
       --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
       2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  "

@@ -688,11 +688,12 @@ def load_model_for_training(cfg: FinetuneConfig, rt: Runtime):
 
 def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, eval_ds, callbacks=()):
     import torch
-    from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None), train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=tokenizer, peft_config=build_lora_config(cfg),
-                         callbacks=[StopOnNonFiniteLoss(), *callbacks])
+    from .trainer import SyncFreeSFTTrainer
+
+    trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None),
+                                 train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                                 peft_config=build_lora_config(cfg), callbacks=[StopOnNonFiniteLoss(), *callbacks])
     if rt.fuse_lora:
         from .fused_lora import fuse_lora_layers
 

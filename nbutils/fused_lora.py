@@ -100,28 +100,34 @@ class LoRADropout(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         if x2.dtype != dtype:
             x2 = x2.to(dtype)
-        a = kernels.dropout_matmul(x2, weight_a.to(dtype), seed, p)
+        wa, wb = weight_a.to(dtype), weight_b.to(dtype)   # the adapter in the compute dtype, cast once a call
+        a = kernels.dropout_matmul(x2, wa, seed, p)
         n = result.shape[-1]
-        out = torch.addmm(result.reshape(-1, n).to(dtype), a, weight_b.to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(x2, weight_a, weight_b, a)
+        out = result.reshape(-1, n)
+        if out.dtype != dtype:
+            out = out.to(dtype)
+        # in place: base(x)'s output is this node's own (an out-of-place addmm would first copy it whole)
+        out.addmm_(a, wb.t(), alpha=scaling)
+        ctx.save_for_backward(x2, wa, wb, a)
         ctx.layer, ctx.p, ctx.scaling, ctx.seed, ctx.dtype = layer, p, scaling, seed, dtype
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.wa_dtype, ctx.wb_dtype = weight_a.dtype, weight_b.dtype
         return out.view(*result.shape[:-1], n)
 
     @staticmethod
     def backward(ctx, grad):
         kernels = triton_kernels()
-        x2, weight_a, weight_b, a = ctx.saved_tensors
+        x2, wa, wb, a = ctx.saved_tensors
         dtype, p, seed = ctx.dtype, ctx.p, ctx.seed
         g2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
-        grad_a_out = torch.mm(g2, weight_b.to(dtype)) * ctx.scaling            # d loss / d a   (M x r)
-        grad_wb = (torch.mm(g2.t(), a) * ctx.scaling).to(weight_b.dtype) if ctx.needs_input_grad[2] else None
-        grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p).to(weight_a.dtype)
+        grad_a_out = torch.mm(g2, wb) * ctx.scaling                                 # d loss / d a   (M x r)
+        grad_wb = (torch.mm(g2.t(), a) * ctx.scaling).to(ctx.wb_dtype) if ctx.needs_input_grad[2] else None
+        grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p).to(ctx.wa_dtype)
                    if ctx.needs_input_grad[1] else None)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(g2, _base_weight(ctx.layer.base_layer, dtype))
-            kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, weight_a.to(dtype), seed, p)
+            kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, wa, seed, p)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, grad_wa, grad_wb, None, None, None, None, None
 
