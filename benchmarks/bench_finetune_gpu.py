@@ -282,7 +282,10 @@ def set_attention(model, impl: str) -> str:
 
 class StepTimer:
     """Counts real tokens at each forward (non-pad: attention_mask sum, or all ids when padding-free) and times
-    optimizer steps after the warm-up ones, with the GPU synchronised at both ends."""
+    the optimizer steps after the warm-up ones, with the GPU synchronised at the two ends of that window only (as in
+    a real run, where nothing waits for the GPU between steps: a sync per step would leave the GPU idle while the
+    CPU loads the next step's batches). The token count stays on the GPU until those sync points. Per-step times
+    are CPU-clock times between step ends (the window's total is the synchronised one)."""
 
     def __init__(self, warmup: int):
         from transformers import TrainerCallback  # noqa: F401
@@ -381,7 +384,7 @@ class StepTimer:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
         if module.training and ids is not None:
-            self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+            self.tokens = self.tokens + (mask.sum() if mask is not None else ids.numel())  # no read-back here
 
     def callback(self):
         from transformers import TrainerCallback
@@ -393,15 +396,18 @@ class StepTimer:
                 model.register_forward_pre_hook(timer.hook, with_kwargs=True)
 
             def on_step_end(self, args, state, control, **kw):
-                sync()
+                edge = state.global_step in (timer.warmup, timer.last_timed) or timer.prof is not None \
+                    or timer._wcm is not None or (timer.profile and state.global_step == timer.last_timed)
+                if edge:
+                    sync()
                 now = time.perf_counter()
                 if timer._last is not None:
                     timer.step_times.append(now - timer._last)
                 timer._last = now
                 if state.global_step == timer.warmup:
-                    timer.t0, timer.tok0 = now, timer.tokens
-                if timer.last_timed is None or state.global_step <= timer.last_timed:
-                    timer.t1, timer.tok1 = now, timer.tokens
+                    timer.t0, timer.tok0 = now, int(timer.tokens)
+                if state.global_step == timer.last_timed:
+                    timer.t1, timer.tok1 = now, int(timer.tokens)
                 if timer.prof is not None and state.global_step > timer.last_timed:
                     timer.stop_profile()
                 if timer._wcm is not None:
@@ -600,7 +606,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         gc.enable()
         gc.unfreeze()
     tokens = timer.tok1 - timer.tok0
-    secs = (timer.t1 - timer.t0) if timer.t0 is not None else float("nan")
+    secs = (timer.t1 - timer.t0) if timer.t0 is not None and timer.t1 is not None else float("nan")
     if world > 1:
         import torch.distributed as dist
 
