@@ -110,9 +110,11 @@ def sdpa_varlen_attention_forward(module, query, key, value, attention_mask, dro
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     max_len = kwargs.get("max_length_q")
     max_len = int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max())
-    q = query[0].transpose(0, 1).to(dtype)          # (S, Hq, D)
-    k = key[0].transpose(0, 1).to(dtype)
-    v = value[0].transpose(0, 1).to(dtype)
+    # squeeze, not [0]: indexing's backward writes each gradient into a fresh zero tensor (three full copies a
+    # layer), and that copy's layout then makes Liger's RoPE backward copy the q/k gradients again
+    q = query.squeeze(0).transpose(0, 1).to(dtype)  # (S, Hq, D)
+    k = key.squeeze(0).transpose(0, 1).to(dtype)
+    v = value.squeeze(0).transpose(0, 1).to(dtype)
     out = _varlen_call(q, k, v, cu.to(device=q.device, dtype=torch.int32), max_len, scaling)
     return out.unsqueeze(0), None                   # (1, S, Hq, D)
 
