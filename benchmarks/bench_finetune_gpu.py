@@ -185,7 +185,7 @@ class Case:
     patch: str = ""               # diagnostics on top of the case: "nometrics" (TRL's per-micro-batch metrics and
                                   # their .item() syncs skipped: an upper bound), "gcoff" (Python's GC off while
                                   # training), "stocktrl" (TRL's/Trainer's own per-micro-batch read-backs instead of
-                                  # nbutils.trainer's deferred ones)
+                                  # nbutils.trainer's deferred ones), "nokeep" (keep_base_weight=False)
 
 
 CASES = {c.name: c for c in [
@@ -236,6 +236,8 @@ CASES = {c.name: c for c in [
     Case("auto_nometrics", auto=True, patch="nometrics",
          note="diagnostic: stage_auto without TRL's per-micro-batch metrics (no .item() after each forward)"),
     Case("auto_gcoff", auto=True, patch="gcoff", note="diagnostic: stage_auto with Python's garbage collector off"),
+    Case("auto_nokeep", auto=True, patch="nokeep",
+         note="stage_auto with keep_base_weight=False (4-bit weights dequantised again in the backward)"),
     Case("auto_stocktrl", auto=True, patch="stocktrl",
          note="stage_auto with TRL's own SFTTrainer read-backs (a .item() per micro-batch for metrics and tokens)"),
     Case("lean_stocktrl", attn="varlen", liger=True, gc=True, upcast=False, fuse=True, patch="stocktrl",
@@ -264,7 +266,8 @@ def attn_name(impl: str) -> str:
 def case_params(case: "Case") -> dict:
     """The stage's knobs (FinetuneConfig fields) that make this case."""
     if case.auto:
-        return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum)
+        extra = {"keep_base_weight": False} if case.patch == "nokeep" else {}
+        return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum, **extra)
     return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
                 gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
                 attn_implementation=attn_name(case.attn), use_liger_kernel=case.liger,

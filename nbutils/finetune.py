@@ -61,7 +61,7 @@ LOSS_PNG = "loss.png"
 OPERATIONAL_FIELDS = {"profile", "data_dir", "dataset_dir", "output_dir", "checkpoint_dir", "merged_dir", "resume",
                       "merge", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "max_steps",
                       "num_train_epochs", "multi_gpu", "num_processes", "per_device_eval_batch_size",
-                      "memory_mode", "fuse_lora"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
+                      "memory_mode", "fuse_lora", "keep_base_weight"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
 # memory_mode presets for the fields left at None (an injected value or a profile's wins). Measured on an H100 80GB,
 # random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md), with the fused LoRA layers: fast
 # 13,018-13,607 tok/s at 41.4 GiB peak, lean 9,179-9,477 tok/s at 9.4-10.0 GiB (the original recipe, bf16-loaded:
@@ -73,6 +73,10 @@ MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_
 # dropout inside nbutils.fused_lora_triton's kernels or with no LoRA dropout)
 FAST_MIN_GPU_GIB = 70.0
 FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
+# keep_base_weight=None keeps each dequantised 4-bit base weight from the forward to the backward (no second
+# dequantisation) in fast mode on a GPU with at least this much: +14 GiB for Llama-3-8B (41.3 -> ~55 GiB peak),
+# so not on 48 GB cards, where fast mode fits only without it.
+KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
 LIGER_REQUIREMENT = "liger-kernel==0.8.5"
 
 
@@ -119,6 +123,9 @@ class FinetuneConfig(StageConfig):
     use_liger_kernel: bool | None = None            # Liger kernels; None: on with CUDA when liger_kernel imports
     fuse_lora: bool = True                          # LoRA scale + sum folded into one GEMM (nbutils.fused_lora;
     #                                                 same math, fewer passes over activations); False: PEFT's own
+    keep_base_weight: bool | None = None            # fused LoRA + Triton dropout + 4-bit: keep each dequantised
+    #                                                 base weight for the backward (+14 GiB on Llama-3-8B without
+    #                                                 checkpointing); None: on in fast mode with >= 70 GiB GPU
     upcast_non_quantized: bool = False              # 4-bit: fp32 copy of embeddings/norms/lm_head (peft's
     #                                                 prepare_model_for_kbit_training; the original's, slower, +5 GiB)
     seed: int = 42
@@ -161,7 +168,8 @@ class FinetuneConfig(StageConfig):
             raise ValueError(f"max_length={self.max_length} is too small to hold a prompt and an answer")
         if self.memory_mode not in ("auto", *MEMORY_MODES):
             raise ValueError(f"memory_mode={self.memory_mode!r}: expected 'auto', 'fast' or 'lean'")
-        for name in ("gradient_checkpointing", "use_liger_kernel", "upcast_non_quantized", "fuse_lora"):
+        for name in ("gradient_checkpointing", "use_liger_kernel", "upcast_non_quantized", "fuse_lora",
+                     "keep_base_weight"):
             value = getattr(self, name)
             if isinstance(value, str):
                 if value.lower() not in ("true", "false"):
@@ -188,6 +196,7 @@ class Runtime:
     use_liger_kernel: bool = False
     upcast_non_quantized: bool = False
     fuse_lora: bool = False
+    keep_base_weight: bool = False
     memory_mode: str = "lean"
     memory_reason: str = ""          # why memory_mode, gradient_checkpointing and optim are what they are
     notes: list = field(default_factory=list)
@@ -274,6 +283,21 @@ def resolve_memory_knobs(cfg: FinetuneConfig, device: str) -> tuple[str, bool, s
     return mode, gc, optim, line
 
 
+def resolve_keep_base_weight(cfg: FinetuneConfig, device: str, load_in_4bit: bool,
+                             gradient_checkpointing: bool) -> tuple[bool, str]:
+    """keep_base_weight for this machine, and the words that say why."""
+    if not (device == "cuda" and load_in_4bit and cfg.fuse_lora):
+        return False, ""
+    if cfg.keep_base_weight is not None:
+        return bool(cfg.keep_base_weight), f"keep_base_weight={bool(cfg.keep_base_weight)} (set)"
+    if gradient_checkpointing:
+        return False, "keep_base_weight=False (auto: gradient checkpointing)"
+    gib = gpu_memory_gib()
+    on = gib >= KEEP_BASE_WEIGHT_MIN_GPU_GIB
+    return on, (f"keep_base_weight={on} (auto: GPU has {gib:.1f} GiB {'>=' if on else '<'} "
+                f"{KEEP_BASE_WEIGHT_MIN_GPU_GIB:.0f})")
+
+
 def resolve_liger(cfg: FinetuneConfig, device: str, notes: list) -> bool:
     """use_liger_kernel: as set (CUDA only), or on CUDA when liger_kernel imports."""
     if cfg.use_liger_kernel is None:
@@ -321,6 +345,9 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
         optim = "adamw_torch"
         notes.append(f"optim {optim_wanted} needs CUDA: using adamw_torch")
     use_liger = resolve_liger(cfg, device, notes)
+    keep_base_weight, keep_why = resolve_keep_base_weight(cfg, device, load_in_4bit, gradient_checkpointing)
+    if keep_why:
+        memory_reason += f", {keep_why}"
     bf16 = device == "cuda" and dtype == torch.bfloat16
     fp16 = device == "cuda" and dtype == torch.float16
     if fp16:
@@ -347,7 +374,8 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
                    load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
                    padding_free=padding_free, world_size=world_size, gradient_checkpointing=gradient_checkpointing,
                    use_liger_kernel=use_liger, upcast_non_quantized=bool(cfg.upcast_non_quantized) and load_in_4bit,
-                   fuse_lora=bool(cfg.fuse_lora), memory_mode=memory_mode, memory_reason=memory_reason, notes=notes)
+                   fuse_lora=bool(cfg.fuse_lora), keep_base_weight=keep_base_weight, memory_mode=memory_mode,
+                   memory_reason=memory_reason, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -620,6 +648,9 @@ def explain_oom(cfg: FinetuneConfig, rt: Runtime) -> str:
     if cfg.lora_dropout and not rt.fuse_lora and rt.device == "cuda":
         tips.append("fuse_lora=True (LoRA dropout inside Triton kernels: no dropped copy of each layer input kept, "
                     "-17.5 GiB on Llama-3-8B)")
+    if rt.keep_base_weight:
+        tips.append("keep_base_weight=False (dequantises each 4-bit weight again in the backward instead of keeping "
+                    "it: -14 GiB on Llama-3-8B, ~2 % slower)")
     if cfg.lora_r > 16:
         tips.append(f"lora_r={cfg.lora_r} -> 16")
     return "out of GPU memory. Turn one of these knobs and rerun (training resumes from the last checkpoint): " \
@@ -697,7 +728,7 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
     if rt.fuse_lora:
         from .fused_lora import fuse_lora_layers
 
-        fuse_lora_layers(trainer.model)
+        fuse_lora_layers(trainer.model, keep_base_weight=rt.keep_base_weight)
     if rt.fp16:  # fp16 AMP unscales fp32 master weights only: keep the trainable LoRA weights in fp32 (T4)
         for p in trainer.model.parameters():
             if p.requires_grad:

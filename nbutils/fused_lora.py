@@ -26,6 +26,7 @@ import torch
 
 _ORIGINAL = "_nbutils_unfused_forward"
 _TRITON_FLAG = "_nbutils_triton_dropout"
+_KEEP_FLAG = "_nbutils_keep_base_weight"
 _triton_module = None
 ALLOW_CPU_INTERPRETER = False   # tests: run the Triton kernels on CPU tensors under TRITON_INTERPRET=1
 
@@ -96,10 +97,18 @@ class LoRADropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, layer, p, scaling, seed, dtype):
         kernels = triton_kernels()
-        result = layer.base_layer(x)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.dtype != dtype:
             x2 = x2.to(dtype)
+        base = layer.base_layer
+        w = None
+        if layer.__dict__.get(_KEEP_FLAG, False):
+            # the dequantised base weight, kept for the backward's input gradient instead of dequantised again there
+            w = _base_weight(base, dtype)
+            bias = None if base.bias is None else base.bias.to(dtype)
+            result = torch.nn.functional.linear(x2, w, bias).view(*x.shape[:-1], w.shape[0])
+        else:
+            result = base(x)
         wa, wb = weight_a.to(dtype), weight_b.to(dtype)   # the adapter in the compute dtype, cast once a call
         a = kernels.dropout_matmul(x2, wa, seed, p)
         n = result.shape[-1]
@@ -108,7 +117,7 @@ class LoRADropout(torch.autograd.Function):
             out = out.to(dtype)
         # in place: base(x)'s output is this node's own (an out-of-place addmm would first copy it whole)
         out.addmm_(a, wb.t(), alpha=scaling)
-        ctx.save_for_backward(x2, wa, wb, a)
+        ctx.save_for_backward(x2, wa, wb, a, w)
         ctx.layer, ctx.p, ctx.scaling, ctx.seed, ctx.dtype = layer, p, scaling, seed, dtype
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         ctx.wa_dtype, ctx.wb_dtype = weight_a.dtype, weight_b.dtype
@@ -117,7 +126,7 @@ class LoRADropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         kernels = triton_kernels()
-        x2, wa, wb, a = ctx.saved_tensors
+        x2, wa, wb, a, w = ctx.saved_tensors
         dtype, p, seed = ctx.dtype, ctx.p, ctx.seed
         g2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
         grad_a_out = torch.mm(g2, wb) * ctx.scaling                                 # d loss / d a   (M x r)
@@ -126,7 +135,7 @@ class LoRADropout(torch.autograd.Function):
                    if ctx.needs_input_grad[1] else None)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(g2, _base_weight(ctx.layer.base_layer, dtype))
+            grad_x = torch.mm(g2, w if w is not None else _base_weight(ctx.layer.base_layer, dtype))
             kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, wa, seed, p)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, grad_wa, grad_wb, None, None, None, None, None
@@ -153,9 +162,12 @@ def fused_lora_forward(self, x, *args, **kwargs):
     return out.view(result.shape)
 
 
-def fuse_lora_layers(model, triton_dropout: bool = True) -> int:
+def fuse_lora_layers(model, triton_dropout: bool = True, keep_base_weight: bool = False) -> int:
     """Give every PEFT LoRA layer of `model` the fused forward (with the Triton dropout kernels where they apply,
-    unless triton_dropout=False); returns how many layers now have it. Idempotent."""
+    unless triton_dropout=False); returns how many layers now have it. Idempotent.
+    keep_base_weight: where the kernels run, keep each 4-bit base weight dequantised from the forward for the
+    backward instead of dequantising it twice (speed for memory: the whole model's bf16 weights, ~14 GiB for
+    Llama-3-8B, are held between a micro-batch's forward and backward without gradient checkpointing)."""
     from peft.tuners.lora import LoraLayer
 
     n = 0
@@ -166,6 +178,7 @@ def fuse_lora_layers(model, triton_dropout: bool = True) -> int:
             module.__dict__[_ORIGINAL] = module.forward
             module.forward = types.MethodType(fused_lora_forward, module)
         module.__dict__[_TRITON_FLAG] = bool(triton_dropout)
+        module.__dict__[_KEEP_FLAG] = bool(keep_base_weight)
         n += 1
     return n
 
@@ -178,6 +191,7 @@ def unfuse_lora_layers(model) -> int:
             del module.__dict__["forward"]
             del module.__dict__[_ORIGINAL]
             module.__dict__.pop(_TRITON_FLAG, None)
+            module.__dict__.pop(_KEEP_FLAG, None)
             n += 1
     return n
 

@@ -184,6 +184,21 @@ def test_a_48gb_gpu_is_fast_only_where_the_dropout_keeps_no_copy(tmp_path, monke
     assert rt.memory_mode == mode and why in rt.describe()
 
 
+@pytest.mark.parametrize("gib,params,keep,why", [
+    (79.1, {}, True, "keep_base_weight=True (auto: GPU has 79.1 GiB >= 70)"),
+    (47.9, {}, False, "keep_base_weight=False (auto: GPU has 47.9 GiB < 70)"),
+    (79.1, {"memory_mode": "lean"}, False, "keep_base_weight=False (auto: gradient checkpointing)"),
+    (79.1, {"keep_base_weight": "False"}, False, "keep_base_weight=False (set)"),
+    (39.4, {"keep_base_weight": True}, True, "keep_base_weight=True (set)")])
+def test_dequantised_weights_are_kept_only_where_memory_allows(tmp_path, monkeypatch, gib, params, keep, why):
+    fake_cuda(monkeypatch, gib=gib)
+    rt = ft.resolve_runtime(full_cfg(tmp_path, **params), device="cuda")
+    assert rt.keep_base_weight is keep and why in rt.describe()
+    tip = "keep_base_weight=False (dequantises each 4-bit weight again"
+    assert (tip in ft.explain_oom(full_cfg(tmp_path, **params), rt)) is keep
+    assert not ft.resolve_runtime(full_cfg(tmp_path, **params), device="cpu").keep_base_weight
+
+
 def test_injected_knobs_win_over_the_memory_mode(tmp_path, monkeypatch):
     fake_cuda(monkeypatch, gib=79.1)
     rt = ft.resolve_runtime(full_cfg(tmp_path, gradient_checkpointing=True, optim="paged_adamw_8bit"), device="cuda")

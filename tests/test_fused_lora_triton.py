@@ -139,3 +139,23 @@ def test_a_trainable_base_weight_keeps_pytorch_dropout(lora_block, monkeypatch):
     x = torch.randn(8, 32)
     lora_block(x).sum().backward()
     assert len(seeds) == 1 and base.weight.grad is not None   # only down_proj took the kernels
+
+
+def test_keeping_the_base_weight_for_the_backward_changes_nothing(lora_block):
+    """keep_base_weight (the 4-bit weight dequantised once, not again in the backward): same outputs and
+    gradients, with and without gradient checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(24, 32)
+    for wrap in (lambda f: f, lambda f: (lambda t: checkpoint(f, t, use_reentrant=False))):
+        torch.manual_seed(5)
+        plain = grads_of(lora_block, x, wrap(lora_block))
+        fl.fuse_lora_layers(lora_block, keep_base_weight=True)
+        torch.manual_seed(5)
+        kept = grads_of(lora_block, x, wrap(lora_block))
+        fl.fuse_lora_layers(lora_block, keep_base_weight=False)
+        torch.testing.assert_close(kept[0], plain[0])
+        torch.testing.assert_close(kept[1], plain[1])
+        assert kept[2].keys() == plain[2].keys()
+        for name in plain[2]:
+            torch.testing.assert_close(kept[2][name], plain[2][name])
