@@ -7,7 +7,8 @@ recipe (benchmarks/RESULTS.md): no fp32 copy of the non-quantised weights, paddi
 varlen kernel when flash-attn is absent (nbutils.attention), Liger kernels when installed, and memory_mode "fast"
 (no checkpointing, fused AdamW) on >= 47 GiB (70 GiB without the Triton LoRA dropout) or "lean" (checkpointing,
 paged 8-bit AdamW) below; LoRA layers fused (nbutils.fused_lora: scale and sum in one GEMM, dropout inside Triton
-kernels on CUDA). The original
+kernels on CUDA, and on >= 70 GiB in fast mode the dequantised 4-bit weights kept for the backward); TRL's trainer
+without its per-micro-batch GPU read-backs (nbutils.trainer). The original
 recipe exactly: memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True, attn_implementation="sdpa",
 packing=False, fuse_lora=False. Its defaults are fixed:
 
@@ -63,9 +64,9 @@ OPERATIONAL_FIELDS = {"profile", "data_dir", "dataset_dir", "output_dir", "check
                       "num_train_epochs", "multi_gpu", "num_processes", "per_device_eval_batch_size",
                       "memory_mode", "fuse_lora", "keep_base_weight"}  # memory_mode only picks gradient_checkpointing/optim, fingerprinted as resolved
 # memory_mode presets for the fields left at None (an injected value or a profile's wins). Measured on an H100 80GB,
-# random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md), with the fused LoRA layers: fast
-# 13,018-13,607 tok/s at 41.4 GiB peak, lean 9,179-9,477 tok/s at 9.4-10.0 GiB (the original recipe, bf16-loaded:
-# 7,048-7,230 tok/s at 10.5 GiB).
+# random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md, run 13): fast 14,634 tok/s at 54.3 GiB
+# peak with keep_base_weight, 14,412 at 41.3 GiB without; lean 9,575 tok/s at 9.4 GiB (1.33-1.37x over runs 11-13);
+# the original recipe, bf16-loaded: 7,195 tok/s at 10.5 GiB.
 MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_fused"},
                 "lean": {"gradient_checkpointing": True, "optim": "paged_adamw_8bit"}}
 # memory_mode="auto" picks "fast" on a GPU with at least this much memory (fast peaks, measured as above:
