@@ -541,7 +541,9 @@ def use_stock_trl(trainer) -> None:
     """TRL's and the Trainer's own per-micro-batch read-backs on this trainer (nbutils.trainer defers them)."""
     from trl import SFTTrainer
 
-    for name in ("compute_loss", "_track_num_input_tokens", "log", "_save_checkpoint"):
+    from nbutils.trainer import SyncFreeSFTTrainer
+
+    for name in SyncFreeSFTTrainer.DEFERRING_METHODS:
         setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
 
 

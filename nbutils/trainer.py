@@ -21,6 +21,9 @@ from trl import SFTTrainer
 class SyncFreeSFTTrainer(SFTTrainer):
     """SFTTrainer that logs the same metrics but reads them from the GPU once per log instead of per micro-batch."""
 
+    # the methods that differ from TRL's / the Trainer's (rebinding these to SFTTrainer's gives the stock behaviour)
+    DEFERRING_METHODS = ("compute_loss", "_track_num_input_tokens", "log", "_save_checkpoint")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pending_metrics: list[torch.Tensor] = []     # per micro-batch: [valid, entropy sum, top-1 hits, tokens]
@@ -76,8 +79,7 @@ class SyncFreeSFTTrainer(SFTTrainer):
         (one read back; a collective on every rank under DDP, which calls this at the same points)."""
         world = self.accelerator.num_processes
         if self._pending_input_tokens:
-            local = sum(int(t) if isinstance(t, int) else t for t in self._pending_input_tokens)
-            local = torch.as_tensor(local, device=self.args.device, dtype=torch.int64)
+            local = torch.as_tensor(sum(self._pending_input_tokens), device=self.args.device, dtype=torch.int64)
             self.state.num_input_tokens_seen += int(self.accelerator.gather(local.reshape(1)).sum().item())
             self._pending_input_tokens.clear()
         if self._pending_metrics:

@@ -27,7 +27,7 @@ def train_logs(data_dir, stock: bool, **kw) -> tuple[list[dict], SFTTrainer]:
     model = ft.load_model_for_training(cfg, rt)
     trainer = ft.build_trainer(cfg, rt, model, tok, train, None)
     if stock:  # TRL's and the Trainer's own methods on the same object
-        for name in ("compute_loss", "_track_num_input_tokens", "log", "_save_checkpoint"):
+        for name in SyncFreeSFTTrainer.DEFERRING_METHODS:
             setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
     trainer.train()
     return [e for e in trainer.state.log_history if "loss" in e], trainer
