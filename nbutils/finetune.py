@@ -75,7 +75,7 @@ MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_
 FAST_MIN_GPU_GIB = 70.0
 FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
 # keep_base_weight=None keeps each dequantised 4-bit base weight from the forward to the backward (no second
-# dequantisation) in fast mode on a GPU with at least this much: +14 GiB for Llama-3-8B (41.3 -> ~55 GiB peak),
+# dequantisation) in fast mode on a GPU with at least this much: +13 GiB for Llama-3-8B (41.3 -> 54.3 GiB peak),
 # so not on 48 GB cards, where fast mode fits only without it.
 KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
 LIGER_REQUIREMENT = "liger-kernel==0.8.5"
@@ -125,7 +125,7 @@ class FinetuneConfig(StageConfig):
     fuse_lora: bool = True                          # LoRA scale + sum folded into one GEMM (nbutils.fused_lora;
     #                                                 same math, fewer passes over activations); False: PEFT's own
     keep_base_weight: bool | None = None            # fused LoRA + Triton dropout + 4-bit: keep each dequantised
-    #                                                 base weight for the backward (+14 GiB on Llama-3-8B without
+    #                                                 base weight for the backward (+13 GiB on Llama-3-8B without
     #                                                 checkpointing); None: on in fast mode with >= 70 GiB GPU
     upcast_non_quantized: bool = False              # 4-bit: fp32 copy of embeddings/norms/lm_head (peft's
     #                                                 prepare_model_for_kbit_training; the original's, slower, +5 GiB)
@@ -651,7 +651,7 @@ def explain_oom(cfg: FinetuneConfig, rt: Runtime) -> str:
                     "-17.5 GiB on Llama-3-8B)")
     if rt.keep_base_weight:
         tips.append("keep_base_weight=False (dequantises each 4-bit weight again in the backward instead of keeping "
-                    "it: -14 GiB on Llama-3-8B, ~2 % slower)")
+                    "it: -13 GiB on Llama-3-8B, ~1.5 % slower)")
     if cfg.lora_r > 16:
         tips.append(f"lora_r={cfg.lora_r} -> 16")
     return "out of GPU memory. Turn one of these knobs and rerun (training resumes from the last checkpoint): " \
