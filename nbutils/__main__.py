@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: parse_value(v) for k, v in args.parameter}
     only = [s for s in (args.only or "").split(",") if s.strip()] or None
     try:
-        run_pipeline(profile=args.profile, data_dir=args.data_dir, params=params, start=args.start, only=only,
+        run_pipeline(profile=args.profile, data_dir=args.data_dir, params=params, raw=dict(args.parameter),
+                     start=args.start, only=only,
                      run_dir=args.run_dir, log_output=args.log_output)
     except StageFailed:
         return 1

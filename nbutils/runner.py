@@ -8,11 +8,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import check_profile
+from .config import check_profile, coerce, parse_literal
 from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-COMMON_PARAMETERS = ("data_dir", "profile")
+RUNNER_OWNED = ("data_dir", "profile")  # set by --data-dir / --profile, never by -p
+STAGE_CONFIGS = {  # notebook -> the config class whose field types check its -p values before anything runs
+    "01_scrape": ("nbutils.scrape", "ScrapeConfig"),
+    "02_parse": ("nbutils.parse", "ParseConfig"),
+    "03_generate": ("nbutils.generate", "GenerateConfig"),
+    "04_finetune": ("nbutils.finetune", "FinetuneConfig"),
+    "05_evaluate": ("nbutils.evaluate", "EvalConfig"),
+}
 
 
 class StageFailed(RuntimeError):
@@ -20,7 +27,7 @@ class StageFailed(RuntimeError):
 
 
 @dataclass
-class StageResult:
+class StageRun:
     stage: str
     status: str              # "ok" | "failed" | "skipped"
     seconds: float = 0.0
@@ -31,7 +38,7 @@ class StageResult:
 @dataclass
 class RunResult:
     run_dir: Path
-    stages: list[StageResult] = field(default_factory=list)
+    stages: list[StageRun] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,25 +77,35 @@ def select_stages(notebooks: list[Path], start: str | None = None, only: Iterabl
 
 
 def parse_value(text: str) -> Any:
-    """papermill-like typing of a `-p key value` string: None/True/False, int, float, JSON list/dict, else str."""
-    low = text.strip()
-    if low in ("None", "null"):
-        return None
-    if low in ("True", "true"):
-        return True
-    if low in ("False", "false"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(low)
-        except ValueError:
-            pass
-    if low[:1] in "[{":
-        try:
-            return json.loads(low)
-        except json.JSONDecodeError:
-            pass
-    return text
+    """An untyped `-p key value` string as papermill would type it (typed per stage later by `typed_parameters`)."""
+    return parse_literal(text)
+
+
+def stage_config_class(stage: str):
+    """The config class behind a stage notebook, or None for a notebook without one."""
+    import importlib
+
+    spec = STAGE_CONFIGS.get(stage)
+    return getattr(importlib.import_module(spec[0]), spec[1]) if spec else None
+
+
+def typed_parameters(stage: str, values: dict[str, Any], raw: dict[str, str] | None = None) -> dict[str, Any]:
+    """Each value checked (a string from the command line parsed) against the stage config's field type:
+    `-p learning_rate 2e-3x` fails here, naming the stage and the parameter, before any stage runs."""
+    cls = stage_config_class(stage)
+    if cls is None:
+        return values
+    hints, fields_ = cls.type_hints(), {f.name: f for f in __import__("dataclasses").fields(cls)}
+    out = {}
+    for name, value in values.items():
+        if name in fields_ and value is not None:
+            given = (raw or {}).get(name, value)
+            try:
+                value = coerce(name, given, hints[name], fields_[name].metadata.get("choices"))
+            except ValueError as e:
+                raise ValueError(f"{stage}: {e}") from None
+        out[name] = value
+    return out
 
 
 def notebook_parameter_names(path: Path) -> set[str]:
@@ -119,6 +136,9 @@ def check_parameters(notebooks: list[Path], params: dict[str, Any]) -> dict[str,
     declared = {stage_name(p): notebook_parameter_names(p) for p in notebooks}
     names = list(declared)
     for key in params:
+        if key.rpartition(".")[2] in RUNNER_OWNED:
+            name = key.rpartition(".")[2]
+            raise ValueError(f"-p {key}: {name} is the runner's own; use --{name.replace('_', '-')} instead")
         if "." in key:
             target, _, name = key.partition(".")
             stage = match_stage(target, names)
@@ -150,6 +170,7 @@ def new_run_dir(data_dir: str | Path, profile: str) -> Path:
 
 
 def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: dict[str, Any] | None = None,
+                 raw: dict[str, str] | None = None,
                  start: str | None = None, only: Iterable[str] | None = None, run_dir: str | Path | None = None,
                  notebooks_dir: str | Path = NOTEBOOKS_DIR, log_output: bool = False,
                  progress_bar: bool = False, kernel_name: str = "python3") -> RunResult:
@@ -163,6 +184,12 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
     if not notebooks:
         raise ValueError(f"no stage notebooks selected in {notebooks_dir}")
     declared = check_parameters(notebooks, params)
+    injected_by_stage = {}
+    for nb in notebooks:  # every value type-checked before the first stage runs
+        stage = stage_name(nb)
+        chosen = parameters_for(stage, declared[stage], params)
+        chosen_raw = {k.rpartition(".")[2]: v for k, v in (raw or {}).items() if k.rpartition(".")[2] in chosen}
+        injected_by_stage[stage] = typed_parameters(stage, chosen, chosen_raw)
     run_dir = Path(run_dir) if run_dir else new_run_dir(data_dir, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(run_dir)
@@ -175,8 +202,7 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
 
     for i, nb in enumerate(notebooks, 1):
         stage = stage_name(nb)
-        injected = {"data_dir": str(data_dir), "profile": profile,
-                    **parameters_for(stage, declared[stage], params)}
+        injected = {"data_dir": str(data_dir), "profile": profile, **injected_by_stage[stage]}
         output = run_dir / nb.name
         print(f"[{i}/{len(notebooks)}] {stage} ...", flush=True)
         t0 = time.time()
@@ -186,13 +212,13 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
         except Exception as err:  # papermill raises PapermillExecutionError with the cell
             secs = time.time() - t0
             msg = describe_failure(stage, err)
-            result.stages.append(StageResult(stage, "failed", secs, str(output), msg))
+            result.stages.append(StageRun(stage, "failed", secs, str(output), msg))
             save_summary()
             print(f"[{i}/{len(notebooks)}] {stage} FAILED after {secs:.1f} s\n  {msg}\n"
                   f"  executed notebook: {output}", flush=True)
             raise StageFailed(msg) from err
         secs = time.time() - t0
-        result.stages.append(StageResult(stage, "ok", secs, str(output)))
+        result.stages.append(StageRun(stage, "ok", secs, str(output)))
         save_summary()
         print(f"[{i}/{len(notebooks)}] {stage} ok in {secs:.1f} s", flush=True)
     total = sum(s.seconds for s in result.stages)

@@ -47,3 +47,18 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     write_jsonl(tmp_path / "sub" / "r.jsonl", [{"k": "v"}])
     assert sorted(os.listdir(tmp_path / "sub")) == ["f.txt", "r.jsonl"]
     assert json.loads((tmp_path / "sub" / "r.jsonl").read_text()) == {"k": "v"}
+
+
+def test_atomic_folder_replaces_on_success_and_keeps_the_old_on_error(tmp_path):
+    from nbutils.io import atomic_folder
+
+    target = tmp_path / "dataset"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (target / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
