@@ -221,3 +221,16 @@ class Session:
         compiled = self.engine.settings.compile if self.engine.settings.compile is not None \
             else model_device(self.engine.model) == "cuda"
         return self.engine.key(self.path, bool(compiled))
+
+
+def generate_in_order(engine: GenerationEngine, prompt_ids: Sequence[Sequence[int]], gen: GenParams,
+                      batch_size: int, adapter: bool | None = None) -> tuple[list[dict], dict]:
+    """Rows for every prompt in input order (length-sorted batches inside), and the session's description.
+    `adapter`: a PeftModel's adapter on/off (None: as the model is)."""
+    rows: list = [None] * len(prompt_ids)
+    with engine.session(gen, [len(p) for p in prompt_ids], batch_size) as s:
+        with s.adapter(adapter) if adapter is not None else contextlib.nullcontext():
+            for b in s.batches:
+                for i, r in zip(b, s.generate([prompt_ids[i] for i in b])):
+                    rows[i] = r
+        return rows, s.describe()

@@ -47,7 +47,7 @@ def find_marker_end(tokenizer, ids: Sequence[int], markers: Sequence[str], start
 class StaticDecoder:
     """Decodes fixed-shape batches for one causal LM (the plain HF model, LoRA layers already taken out)."""
 
-    def __init__(self, lm, shape: StaticShape, compile: bool = True, check_every: int = 16):
+    def __init__(self, lm, shape: StaticShape, compile: bool = True, check_every: int = 16, gqa: bool = True):
         import torch
         from transformers import StaticCache
 
@@ -58,6 +58,7 @@ class StaticDecoder:
         self.pass_cache_position = "cache_position" in params
         self.cache_arg = "cache" if "cache" in params else "past_key_values"   # renamed in later transformers
         self.compiled = bool(compile)
+        self.gqa = gqa
         self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=False, dynamic=False) \
             if compile else self._step
 
@@ -90,7 +91,7 @@ class StaticDecoder:
             raise ValueError(f"prompt of {P} tokens + {gen.max_new_tokens} new > the static cache length {L}")
         dev = self.device
         ids, mask2 = ids.to(dev), mask2.to(dev)
-        mask = torch.ones((B, L), dtype=torch.long, device=dev)
+        mask = torch.zeros((B, L), dtype=torch.long, device=dev)   # a column turns 1 as its token is fed
         mask[:, :P] = mask2
         positions = (mask2.cumsum(-1) - 1).clamp(min=0)
         stop = torch.tensor(sorted(set(stop_ids)), device=dev)
@@ -102,7 +103,9 @@ class StaticDecoder:
         gen_rng = None
         if gen.do_sample:
             gen_rng = torch.Generator(device=dev).manual_seed(gen.seed)
-        with torch.inference_mode():
+        from .gqa import decode_attention
+
+        with torch.inference_mode(), decode_attention(self.lm, self.gqa):
             self.cache.reset()
             logits = self._forward(ids, positions, torch.arange(P, device=dev), mask).float()
             out = torch.full((B, gen.max_new_tokens), pad_id, dtype=torch.long, device=dev)
@@ -125,6 +128,7 @@ class StaticDecoder:
                     checked = t + 1
                     if last or bool(done[:n].all()):
                         break
+                mask[:, P + t] = 1
                 if self.compiled:
                     torch.compiler.cudagraph_mark_step_begin()
                 logits = self.step(nxt[:, None], pos, cache_pos, mask)

@@ -1,0 +1,196 @@
+"""Issue 14 on real weights (the embedded SmolLM2-135M-Instruct), run by bench_generation_engine.py --suites real:
+
+  eval   05's generation, base and tuned (a seeded random r=64 LoRA adapter attached): the current path (HF
+         generate, PEFT unmerged, stop strings) vs the engine (auto: static + compile + merged on a GPU), same
+         Alpaca prompts from the demo corpus, greedy, max_new_tokens 512 - tokens/s and every answer (the share
+         identical token for token and ROUGE-L are computed from the JSON on the CPU side)
+  local  03's local backend: nbutils.llm.LocalBackend as it is (HF generate) vs the engine, same pages (demo
+         prompt, reply prefix, repetition penalty 1.15, greedy) - pages/s and the replies
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from nbutils.generation import EngineSettings, GenerationEngine, GenParams, clean_answer, generate_plain
+from nbutils.generation.local import complete_prompts
+
+PAPERS = Path(__file__).resolve().parent.parent / "nbutils" / "demo_site" / "papers"
+INSTRUCTIONS = ("Summarize the following passage in one or two sentences.",
+                "What is the main point of this passage?",
+                "Explain the following text to a student.",
+                "Write one question a reader could ask about this passage, then answer it.")
+
+
+def windows(chars: int = 500, step: int = 250) -> list[str]:
+    """Overlapping windows of the demo papers' bodies (whitespace collapsed), in a fixed order."""
+    out = []
+    for f in sorted(PAPERS.glob("*.txt")):
+        body = " ".join(f.read_text(encoding="utf-8").split("## ", 1)[-1].split())
+        out += [body[k:k + chars] for k in range(0, max(1, len(body) - chars), step)]
+    return out
+
+
+def first_sentence(text: str) -> str:
+    m = re.search(r"(.+?[.!?])(\s|$)", text)
+    return (m.group(1) if m else text).strip()
+
+
+def answers(tok, rows, markers) -> list[dict]:
+    out = []
+    for r in rows:
+        raw = tok.decode(r["ids"], skip_special_tokens=True)
+        text = clean_answer(raw, markers)
+        out.append({"text": text, "ids_up_to_marker": ids_before_marker(tok, r["ids"], markers),
+                    "n_new_tokens": r["n_new_tokens"]})
+    return out
+
+
+def ids_before_marker(tok, ids, markers) -> list[int]:
+    """The answer's token ids up to the first stop marker (what both paths must agree on)."""
+    for k in range(1, len(ids) + 1):
+        if any(m in tok.decode(ids[:k], skip_special_tokens=True) for m in markers):
+            return list(ids[:k])
+    return list(ids)
+
+
+def run_eval(model, tok, n: int, new: int, batch: int) -> dict:
+    from nbutils.templates import ALPACA, build_prompt
+
+    wins = windows()[:n]
+    prompts = [build_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)], w, ALPACA, tok) for i, w in enumerate(wins)]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    refs = [first_sentence(w) for w in wins]
+    gen = GenParams(max_new_tokens=new)
+    pad, stop = tok.pad_token_id, sorted({tok.eos_token_id, tok.pad_token_id})
+    res: dict = {"n": len(prompts), "max_new_tokens": new, "batch": batch, "references": refs}
+    engine = GenerationEngine(model, tok, EngineSettings())
+    from nbutils.generation.params import length_sorted_batches
+
+    order = length_sorted_batches([len(x) for x in ids], batch)
+    for variant in ("base", "tuned"):
+        # current path
+        rows: list = [None] * len(ids)
+        ctx = model.disable_adapter() if variant == "base" else torch.inference_mode()
+        with ctx:
+            generate_plain(model, [ids[0]], pad, stop, GenParams(max_new_tokens=4), tokenizer=tok)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for b in order:
+                for i, r in zip(b, generate_plain(model, [ids[i] for i in b], pad, stop, gen, tokenizer=tok)):
+                    rows[i] = r
+            torch.cuda.synchronize()
+        cur_s = time.perf_counter() - t0
+        res[f"current_{variant}"] = {"seconds": cur_s, "tokens": sum(r["n_new_tokens"] for r in rows),
+                                     "answers": answers(tok, rows, gen.stop_markers)}
+        # engine: first pass compiles (timed separately), second pass is timed
+        with engine.session(gen, [len(x) for x in ids], batch) as s:
+            with s.adapter(variant == "tuned"):
+                t0 = time.perf_counter()
+                s.generate([ids[i] for i in s.batches[-1]])
+                torch.cuda.synchronize()
+                warm = time.perf_counter() - t0
+                erows: list = [None] * len(ids)
+                t0 = time.perf_counter()
+                for b in s.batches:
+                    for i, r in zip(b, s.generate([ids[i] for i in b])):
+                        erows[i] = r
+                torch.cuda.synchronize()
+                eng_s = time.perf_counter() - t0
+                res[f"engine_{variant}"] = {"seconds": eng_s, "warmup_s": round(warm, 1),
+                                            "tokens": sum(r["n_new_tokens"] for r in erows),
+                                            "answers": answers(tok, erows, gen.stop_markers),
+                                            "engine": s.describe(), "key": s.key()}
+        for k in (f"current_{variant}", f"engine_{variant}"):
+            res[k]["tokens_per_s"] = res[k]["tokens"] / res[k]["seconds"]
+        same = sum(a["ids_up_to_marker"] == b["ids_up_to_marker"]
+                   for a, b in zip(res[f"current_{variant}"]["answers"], res[f"engine_{variant}"]["answers"]))
+        res[f"identical_{variant}"] = same / len(ids)
+        print(f"[real {variant}] current {res[f'current_{variant}']['tokens_per_s']:.0f} tok/s, engine "
+              f"{res[f'engine_{variant}']['tokens_per_s']:.0f} tok/s, identical {same}/{len(ids)}", flush=True)
+    return res
+
+
+class OnDevice:
+    """A tokenizer whose encodings land on `device` (everything else passes through)."""
+
+    def __init__(self, tok, device):
+        self._tok, self._device = tok, device
+
+    def __call__(self, *args, **kwargs):
+        return self._tok(*args, **kwargs).to(self._device)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def run_local(folder: str, n: int, batch: int, max_tokens: int = 256) -> dict:
+    """03's local backend before (LocalBackend.complete_batch, HF generate) and after (the engine), same pages."""
+    from nbutils.generate import BUILTIN_PROMPTS
+    from nbutils.llm import LocalBackend
+
+    tpl = BUILTIN_PROMPTS["demo"]
+    convs = [tpl.messages(w) for w in windows(600, 300)[:n]]
+    be = LocalBackend(folder, batch_size=batch, reply_prefix=tpl.reply_prefix, repetition_penalty=1.15)
+    note = ""
+    try:
+        be.complete_batch(convs[:2], max_tokens=8)
+    except Exception as e:  # noqa: BLE001 - LocalBackend leaves its inputs on the CPU
+        note = f"LocalBackend as it is fails on a GPU ({type(e).__name__}: {str(e)[:160]}); measured with its " \
+               "inputs moved to the model's device"
+        print(note, flush=True)
+        be.tokenizer = OnDevice(be.tokenizer, be.lm.device)
+        be.complete_batch(convs[:2], max_tokens=8)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    before = []
+    for k in range(0, len(convs), batch):
+        before += be.complete_batch(convs[k:k + batch], max_tokens=max_tokens)
+    torch.cuda.synchronize()
+    before_s = time.perf_counter() - t0
+    engine = GenerationEngine(be.lm, be.tokenizer, EngineSettings())
+    prompts = [be._prompt(m) for m in convs]
+    complete_prompts(engine, prompts[:batch], max_tokens=8, repetition_penalty=1.15, batch_size=batch)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    after, info = complete_prompts(engine, prompts, max_tokens=max_tokens, repetition_penalty=1.15, batch_size=batch)
+    torch.cuda.synchronize()
+    after_s = time.perf_counter() - t0
+    same = sum(b.text == tpl.reply_prefix + a.text for a, b in zip(after, before))
+    out = {"note": note, "pages": len(convs), "batch": batch, "max_tokens": max_tokens, "before_s": before_s, "after_s": after_s,
+           "before_pages_per_s": len(convs) / before_s, "after_pages_per_s": len(convs) / after_s,
+           "engine": info, "identical_replies": same / len(convs),
+           "before_tokens": sum(c.completion_tokens for c in before), "after_tokens": sum(len(a.ids) for a in after),
+           "before_texts": [c.text for c in before], "after_texts": [tpl.reply_prefix + a.text for a in after]}
+    print(f"[real local] before {out['before_pages_per_s']:.2f} pages/s, after {out['after_pages_per_s']:.2f} pages/s,"
+          f" identical {same}/{len(convs)}", flush=True)
+    return out
+
+
+def run_real_suite(a, bw: float) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench_generation_engine import attach_lora
+
+    folder = a.model
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
+                                                attn_implementation="sdpa").eval()
+    model = attach_lora(base, 64, a.seed, scale=0.01)
+    res = {"model": str(folder), "eval": run_eval(model, tok, a.real_n, a.real_new, a.batch)}
+    del model, base
+    torch.cuda.empty_cache()
+    try:
+        res["local"] = run_local(folder, a.real_n, a.batch)
+    except Exception as e:  # noqa: BLE001 - keep the eval figures
+        import traceback
+
+        traceback.print_exc()
+        res["local"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    return res
