@@ -201,3 +201,19 @@ def test_gqa_decode_attention_equals_sdpa_with_repeated_heads():
     assert torch.allclose(ours, ref, atol=1e-5)
     model = tiny_llama()
     assert applies(model.config) == (model.config._attn_implementation == "sdpa")
+
+
+def test_static_decoder_is_reused_across_calls_of_smaller_shape():
+    model = tiny_llama()
+    tok = IdTokenizer()
+    engine = GenerationEngine(model, tok, EngineSettings(path="static", compile=False))
+    from nbutils.generation import generate_in_order
+
+    long_rows, _ = generate_in_order(engine, prompts(6), GREEDY, batch_size=4)
+    short = [p[:3] for p in prompts(2)]
+    short_rows, info = generate_in_order(engine, short, GREEDY, batch_size=4)
+    assert engine.compilations == 1 and info["batch_size"] == 4
+    alone = generate_plain(model, short, PAD, [PAD, EOS], GREEDY)
+    assert [r["ids"] for r in short_rows] == [r["ids"] for r in alone]
+    generate_in_order(engine, prompts(2), GenParams(max_new_tokens=300, stop_markers=()), batch_size=4)
+    assert engine.compilations == 2          # a longer pass needs a larger cache: built once more

@@ -107,7 +107,7 @@ class GenerationEngine:
         self.model, self.tokenizer = model, tokenizer
         self.settings = settings or EngineSettings()
         self._decoders: dict = {}
-        self.last: dict = {}
+        self.compilations = 0   # static decoders built (each one compiles its step once)
 
     def lm(self):
         """The plain causal LM under a PeftModel (with LoRA layers swapped out inside a session)."""
@@ -119,9 +119,11 @@ class GenerationEngine:
         path, why = choose_path(self.settings, self.model, gen)
         weights = None
         if path == "static" and is_peft(self.model):
-            from .lora import DecodeWeights
+            from .lora import DecodeWeights, adapted_bytes
 
-            weights = DecodeWeights(self.model)
+            on_gpu = model_device(self.model) == "cuda"
+            roomy = on_gpu and (has_4bit(self.model) or free_gpu_bytes() > 3 * adapted_bytes(self.model))
+            weights = DecodeWeights(self.model, stash_device=None if roomy or not on_gpu else "cpu")
         with weights if weights is not None else contextlib.nullcontext():
             yield Session(self, gen, path, why, list(lengths), batch_size, weights)
 
@@ -164,28 +166,39 @@ class Session:
         self.decoder = None
 
     def _plan_batch_size(self, requested: int) -> int:
-        requested = max(1, min(requested, len(self.lengths) or 1))
-        if model_device(self.engine.model) != "cuda" or not self.lengths:
-            return requested
-        cfg = self.engine.lm().config
-        longest = max(self.lengths)
-        per_seq = bytes_per_sequence(cfg, longest, longest + self.gen.max_new_tokens)
-        return fit_batch_size(requested, per_seq, free_gpu_bytes(), self.engine.settings.memory_fraction)
+        """The requested batch size, lowered to what free GPU memory holds; the plain path also to the number of
+        prompts (the static path keeps its shape: a short batch is filled, and the compiled step is reused)."""
+        size = max(1, requested)
+        if model_device(self.engine.model) == "cuda" and self.lengths:
+            cfg = self.engine.lm().config
+            longest = max(self.lengths)
+            per_seq = bytes_per_sequence(cfg, longest, longest + self.gen.max_new_tokens)
+            size = fit_batch_size(size, per_seq, free_gpu_bytes(), self.engine.settings.memory_fraction)
+        if self.path == "plain":
+            size = min(size, len(self.lengths) or 1)
+        return size
 
     def _static_decoder(self):
+        """A decoder whose shape holds this pass: an existing one when it is large enough (no recompilation), else a
+        new one with room to spare (cache length rounded up to 256, at least twice the old one)."""
         from .static import StaticDecoder, StaticShape, round_up
 
         settings = self.engine.settings
         compile_ = settings.compile if settings.compile is not None else model_device(self.engine.model) == "cuda"
-        cache_len = round_up(max(self.lengths) + self.gen.max_new_tokens, 64)
-        key = (self.batch_size, cache_len, compile_)
-        cache = self.engine._decoders
-        if key not in cache:
-            cache.clear()   # one decoder (one KV cache) alive at a time
-            cache[key] = StaticDecoder(self.engine.lm(), StaticShape(self.batch_size, cache_len), compile=compile_,
-                                       check_every=settings.check_every)
+        need = max(self.lengths) + self.gen.max_new_tokens
+        decoders = self.engine._decoders
         self.compiled = compile_
-        return cache[key]
+        for (rows, length, compiled), dec in decoders.items():
+            if rows >= self.batch_size and length >= need and compiled == compile_:
+                return dec
+        old_len = max((length for _, length, _ in decoders), default=0)
+        rows = max([self.batch_size] + [r for r, _, _ in decoders])
+        cache_len = round_up(max(need, 2 * old_len), 256)
+        decoders.clear()   # one decoder (one KV cache) alive at a time
+        decoders[rows, cache_len, compile_] = StaticDecoder(self.engine.lm(), StaticShape(rows, cache_len),
+                                                            compile=compile_, check_every=settings.check_every)
+        self.engine.compilations += 1
+        return decoders[rows, cache_len, compile_]
 
     @contextlib.contextmanager
     def adapter(self, enabled: bool):

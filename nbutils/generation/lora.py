@@ -3,7 +3,8 @@
 `DecodeWeights(peft_model)` swaps every LoRA-wrapped projection for its base layer, so the decoder runs a plain
 Hugging Face model (no extra A/B matmuls and adds per projection per step, nothing PEFT-specific for torch.compile
 to trace). `use_adapter(True)` then adds the adapter's delta (B·A·scaling, summed in float32, rounded once) into
-the base weights in place, `use_adapter(False)` copies the stashed original weights back bit for bit. In-place
+the base weights in place, `use_adapter(False)` copies the stashed original weights back bit for bit (the stash
+waits on the GPU when there is room for it, else in CPU memory). In-place
 keeps every parameter at its address, so one compiled CUDA graph serves both the base and the tuned pass.
 
 A 4-bit (bitsandbytes) base is handled by a dequantized bf16 copy of each adapted projection, made once: at batch
@@ -105,11 +106,16 @@ class DecodeWeights:
         with torch.no_grad():
             for i, (_, _, layer, base) in enumerate(self._swaps):
                 w = base.weight
+                original = layer.get_base_layer()
+                copy = base is not original    # a dequantized copy: its original is the 4-bit weight itself
                 if enabled:
-                    self._stash[i] = w.detach().to(self.stash_device or w.device, copy=True)
+                    if not copy:
+                        self._stash[i] = w.detach().to(self.stash_device or w.device, copy=True)
                     delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters
                                 if a in layer.lora_A)
                     w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+                elif copy:
+                    w.copy_(dequantized_linear(original, w.dtype).weight)
                 else:
                     w.copy_(self._stash.pop(i).to(w.device))
         self.merged = enabled
