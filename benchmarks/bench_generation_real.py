@@ -65,7 +65,9 @@ def run_eval(model, tok, n: int, new: int, batch: int) -> dict:
     ids = [tok(p)["input_ids"] for p in prompts]
     refs = [first_sentence(w) for w in wins]
     gen = GenParams(max_new_tokens=new)
-    pad, stop = tok.pad_token_id, sorted({tok.eos_token_id, tok.pad_token_id})
+    from nbutils.generation import eos_ids
+
+    pad, stop = tok.pad_token_id, eos_ids(tok, model)   # 05's stop ids (the generation config's eos included)
     res: dict = {"n": len(prompts), "max_new_tokens": new, "batch": batch, "references": refs}
     engine = GenerationEngine(model, tok, EngineSettings())
     from nbutils.generation.params import length_sorted_batches
@@ -194,3 +196,109 @@ def run_real_suite(a, bw: float) -> dict:
         traceback.print_exc()
         res["local"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     return res
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where two answers differ (None: identical)."""
+    if a == b:
+        return None
+    return next((j for j, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
+
+
+def summarize(raw_json: str, out_json: str, stop_ids: tuple[int, ...] = (2,)) -> dict:
+    """From the GPU call's JSON: per variant the share identical token for token, mean ROUGE-L (against the first
+    sentence of each passage, the same scorer as 05: rouge_score with stemming) of both paths and its difference,
+    ROUGE-L between the paired answers, where answers first diverge; written compact (texts, no token ids).
+    Answers are compared up to 05's stop ids (`stop_ids`: SmolLM2's generation-config eos, <|im_end|> = 2): the run
+    of 2026-12-01 gave the current path only the tokenizer's eos/pad, so it wrote on past <|im_end|> where 05 stops."""
+    from nbutils.generation import cut_at_stop
+    import json
+
+    import numpy as np
+    from rouge_score import rouge_scorer
+
+    full = json.loads(Path(raw_json).read_text())
+    real = full["real"]
+    e = real["eval"]
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out: dict = {"meta": full["meta"], "n": e["n"], "max_new_tokens": e["max_new_tokens"], "batch": e["batch"]}
+    for v in ("base", "tuned"):
+        cur, eng = e[f"current_{v}"], e[f"engine_{v}"]
+        rc = [sc.score(r, a["text"])["rougeL"].fmeasure for r, a in zip(e["references"], cur["answers"])]
+        rg = [sc.score(r, a["text"])["rougeL"].fmeasure for r, a in zip(e["references"], eng["answers"])]
+        pair = [sc.score(a["text"], b["text"])["rougeL"].fmeasure for a, b in zip(cur["answers"], eng["answers"])]
+        div = [first_divergence(cut_at_stop(a["ids_up_to_marker"], stop_ids)[0],
+                                cut_at_stop(b["ids_up_to_marker"], stop_ids)[0])
+               for a, b in zip(cur["answers"], eng["answers"])]
+        diverged = [d for d in div if d is not None]
+        out[v] = {"current_tokens_per_s": cur["tokens_per_s"], "engine_tokens_per_s": eng["tokens_per_s"],
+                  "speedup": eng["tokens_per_s"] / cur["tokens_per_s"], "engine": eng["engine"],
+                  "engine_key": eng["key"], "identical_token_for_token": float(np.mean([d is None for d in div])),
+                  "identical_text": float(np.mean([a["text"] == b["text"] for a, b in zip(cur["answers"], eng["answers"])])),
+                  "rougeL_current": float(np.mean(rc)), "rougeL_engine": float(np.mean(rg)),
+                  "rougeL_difference": float(np.mean(rg) - np.mean(rc)),
+                  "rougeL_between_paired_answers": float(np.mean(pair)),
+                  "first_divergence_token_median": float(np.median(diverged)) if diverged else None,
+                  "first_divergence_token_quartiles": [float(q) for q in np.percentile(diverged, [25, 75])]
+                  if diverged else None,
+                  "rows": [{"current": a["text"], "engine": b["text"], "first_divergence": d}
+                           for a, b, d in zip(cur["answers"], eng["answers"], div)]}
+    loc = real.get("local", {})
+    out["local"] = {k: v for k, v in loc.items() if "texts" not in k}
+    Path(out_json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def fp32_check(raw_json: str, folder: str, stop_ids: tuple[int, ...] = (2,)) -> dict:
+    """Where the base answers of the two paths first differ (no adapter: kernels alone), the token an fp32 forward
+    of the real model on the CPU prefers, and the fp32 logit margin between the two tokens (near 0: a tie that
+    bf16 rounding decides)."""
+    import json
+
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nbutils.generation import cut_at_stop
+    from nbutils.templates import ALPACA, build_prompt
+
+    e = json.loads(Path(raw_json).read_text())["real"]["eval"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompts = [build_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)], w, ALPACA, tok) for i, w in enumerate(windows()[:e["n"]])]
+    rows = []
+    for i, (a, b) in enumerate(zip(e["current_base"]["answers"], e["engine_base"]["answers"])):
+        x, y = cut_at_stop(a["ids_up_to_marker"], stop_ids)[0], cut_at_stop(b["ids_up_to_marker"], stop_ids)[0]
+        k = first_divergence(x, y)
+        if k is None or k >= min(len(x), len(y)):
+            continue
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([tok(prompts[i])["input_ids"] + x[:k]])).logits[0, -1]
+        rows.append({"row": i, "token": k, "fp32_pick": "current" if int(logits.argmax()) == x[k] else
+                     "engine" if int(logits.argmax()) == y[k] else "neither",
+                     "margin": float(logits[x[k]] - logits[y[k]])})
+    picks = [r["fp32_pick"] for r in rows]
+    return {"diverging": len(rows), "fp32_picks_current": picks.count("current"),
+            "fp32_picks_engine": picks.count("engine"), "fp32_picks_neither": picks.count("neither"),
+            "abs_margin_median": float(np.median([abs(r["margin"]) for r in rows])) if rows else None,
+            "abs_margin_max": float(max(abs(r["margin"]) for r in rows)) if rows else None, "rows": rows}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 5 and sys.argv[1] == "fp32check":   # RAW.json MODEL_FOLDER OUT.json (adds to OUT.json)
+        import json
+
+        check = fp32_check(sys.argv[2], sys.argv[3])
+        out = json.loads(Path(sys.argv[4]).read_text())
+        out["fp32_check_base"] = check
+        Path(sys.argv[4]).write_text(json.dumps(out, indent=1))
+        print({k: v for k, v in check.items() if k != "rows"})
+    elif len(sys.argv) == 4 and sys.argv[1] == "summarize":
+        s = summarize(sys.argv[2], sys.argv[3])
+        for v in ("base", "tuned"):
+            print(v, {k: x for k, x in s[v].items() if k != "rows"})
+        print("local", s["local"])
+    else:
+        print("usage: python benchmarks/bench_generation_real.py summarize RAW.json OUT.json | fp32check RAW.json "
+              "MODEL_FOLDER OUT.json (RAW.json: the GPU run, bench_generation_engine.py --suites real)")
