@@ -106,8 +106,10 @@ def test_merged_adapter_answers_equal_unmerged_and_model_is_restored():
     x = torch.tensor([batch[0]])
     with torch.inference_mode():
         ref_logits = model(input_ids=x).logits
+    with model.disable_adapter(), DecodeWeights(model) as off:
+        assert not off.merged                    # starts as the PeftModel stands: adapter off here
     with DecodeWeights(model) as w:
-        assert w.n_layers == 14
+        assert w.n_layers == 14 and w.merged     # and on here
         w.use_adapter(True)
         with torch.inference_mode():
             merged_logits = model.get_base_model()(input_ids=x).logits

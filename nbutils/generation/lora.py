@@ -80,6 +80,8 @@ class DecodeWeights:
                 base = dequantized_linear(base, dtype)
             self._swaps.append((parent, attr, layer, base))
             setattr(parent, attr, base)
+        # start as the PeftModel stands: adapter on unless its layers are disabled (inside `disable_adapter()`)
+        self.use_adapter(any(not layer.disable_adapters for _, _, layer, _ in self._swaps))
         return self
 
     def __exit__(self, *exc) -> None:
