@@ -14,7 +14,7 @@ what of it changes answers (it goes into 05's prediction-cache keys).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from .params import GenParams, length_sorted_batches

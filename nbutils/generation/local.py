@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .engine import EngineSettings, GenerationEngine, generate_in_order
+from .engine import GenerationEngine, generate_in_order
 from .params import GenParams
 
 
@@ -31,6 +31,3 @@ def complete_prompts(engine: GenerationEngine, prompts: Sequence[str], *, max_to
                           "stop" if r["stopped"] else "length") for r, p in zip(rows, ids)]
     return replies, info
 
-
-def local_engine(lm, tokenizer, settings: EngineSettings | None = None) -> GenerationEngine:
-    return GenerationEngine(lm, tokenizer, settings or EngineSettings())
