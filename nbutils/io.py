@@ -1,4 +1,4 @@
-"""The data_dir contract (PIPELINE.md) and small durable file helpers shared by every stage."""
+"""The data_dir contract (docs/pipeline.md) and small durable file helpers shared by every stage."""
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +30,7 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Every file name of PIPELINE.md under one data_dir, defined once."""
+    """Every file name of docs/pipeline.md under one data_dir, defined once."""
 
     root: Path
 
