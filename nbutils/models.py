@@ -173,7 +173,7 @@ def pick_attn_implementation(device: str | None = None, allow_varlen: bool = Fal
     if device == "cuda":
         import torch
 
-        from .attention import VARLEN, kernel_usable
+        from .kernels.attention import VARLEN, kernel_usable
 
         major, _ = torch.cuda.get_device_capability()
         if major >= 8 and flash_attn_available():
@@ -208,7 +208,7 @@ def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, l
     dtype = dtype or pick_dtype(device)
     attn = attn_implementation or pick_attn_implementation(device)
     if attn == "sdpa_varlen":
-        from .attention import register
+        from .kernels.attention import register
 
         register()
     extra: dict = {}

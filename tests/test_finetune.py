@@ -137,7 +137,8 @@ ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_qu
 
 def fake_cuda(monkeypatch, gib: float = 79.1, liger: bool = True, flash: bool = False):
     """resolve_runtime(device="cuda") on this CPU machine: an Ampere+ GPU with `gib` GiB, bf16, no flash-attn."""
-    from nbutils import attention, models
+    from nbutils import models
+    from nbutils.kernels import attention
 
     monkeypatch.setenv("NBUTILS_DTYPE", "bfloat16")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
@@ -230,7 +231,7 @@ def test_liger_is_optional_and_cuda_only(tmp_path, monkeypatch):
 
 def test_packing_auto_without_flash_or_varlen_stays_off_on_gpu(tmp_path, monkeypatch):
     fake_cuda(monkeypatch)
-    from nbutils import attention
+    from nbutils.kernels import attention
 
     monkeypatch.setattr(attention, "kernel_usable", lambda *a: False)
     rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")

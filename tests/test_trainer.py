@@ -10,7 +10,7 @@ from trl import SFTTrainer
 
 from nbutils import finetune as ft
 from nbutils.models import load_tokenizer
-from nbutils.trainer import SyncFreeSFTTrainer
+from nbutils.finetune.trainer import SyncFreeSFTTrainer
 
 from test_finetune import tiny_cfg, write_original_json
 

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .attention import VARLEN
-from .config import StageConfig
-from .io import read_json, sha256_text, write_json
-from .templates import ALPACA, CHAT, TEMPLATES, build_prompt, chat_messages
+from ..kernels.attention import VARLEN
+from ..config import StageConfig
+from ..io import read_json, sha256_text, write_json
+from ..templates import ALPACA, CHAT, TEMPLATES, build_prompt, chat_messages
 
 # Packed micro-batches change shape every step: without expandable segments the caching allocator held 52.2 GiB
 # for a 41.4 GiB peak (fast mode, H100); with them 42.0. Read at CUDA's first allocation; a value already set wins.
@@ -242,14 +242,14 @@ def gpu_memory_gib() -> float:
 
 def liger_available() -> bool:
     """True when liger_kernel (optional GPU extra) imports."""
-    from .models import module_imports
+    from ..models import module_imports
 
     return module_imports("liger_kernel")
 
 
 def fast_min_gpu_gib(cfg: FinetuneConfig) -> tuple[float, str]:
     """The GPU memory from which memory_mode="auto" picks "fast", and why that much."""
-    from .models import module_imports
+    from ..models import module_imports
 
     if not cfg.lora_dropout:
         return FAST_MIN_GPU_GIB_FUSED_DROPOUT, "no LoRA dropout"
@@ -325,7 +325,7 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
     the reasons."""
     import torch
 
-    from .models import pick_attn_implementation, pick_device, pick_dtype
+    from ..models import pick_attn_implementation, pick_device, pick_dtype
 
     device = device or pick_device()
     dtype = pick_dtype(device)
@@ -425,7 +425,7 @@ def drop_empty_rows(ds, name: str):
 
 def load_training_data(cfg: FinetuneConfig, tokenizer, verbose: bool = True):
     """Train and eval prompt/completion datasets from the frozen split, plus counts for the log."""
-    from .splits import load_split
+    from ..splits import load_split
 
     dd = load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed, verbose=verbose)
     train, n_bad_train = drop_empty_rows(dd["train"], "train")
@@ -667,7 +667,7 @@ def load_base_model(cfg: FinetuneConfig, rt: Runtime):
     """The base model as this runtime wants it (4-bit or not, dtype, attention, device), untouched otherwise."""
     import torch
 
-    from .models import load_causal_lm
+    from ..models import load_causal_lm
 
     return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=getattr(torch, rt.dtype),
                           attn_implementation=rt.attn_implementation, device=rt.device)
@@ -727,7 +727,7 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                  peft_config=build_lora_config(cfg), callbacks=[StopOnNonFiniteLoss(), *callbacks])
     if rt.fuse_lora:
-        from .fused_lora import fuse_lora_layers
+        from ..kernels.fused_lora import fuse_lora_layers
 
         fuse_lora_layers(trainer.model, keep_base_weight=rt.keep_base_weight)
     if rt.fp16:  # fp16 AMP unscales fp32 master weights only: keep the trainable LoRA weights in fp32 (T4)
@@ -770,7 +770,7 @@ def merge_adapter(cfg: FinetuneConfig, rt: Runtime, adapter_dir: str | Path) -> 
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .models import load_causal_lm
+    from ..models import load_causal_lm
 
     base = load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=False, dtype=getattr(torch, rt.dtype),
                           device=rt.device)
@@ -797,7 +797,7 @@ def runtime_versions() -> dict:
 
 def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict:
     """Fine-tune cfg.base_model on the split; returns (and writes) the training log."""
-    from .models import load_tokenizer, resolve_model_path
+    from ..models import load_tokenizer, resolve_model_path
 
     t_start = time.time()
     rt = resolve_runtime(cfg)
@@ -862,7 +862,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> dict
             log["merged_dir"] = str(merge_adapter(cfg, rt, out))
         log["total_s"] = round(time.time() - t_start, 1)
         write_json(out / TRAIN_LOG, log)
-        from .plots import plt
+        from ..plots import plt
 
         plt.close(plot_loss(log, out / LOSS_PNG))  # the notebook shows the saved PNG once
         if verbose:
@@ -885,7 +885,7 @@ def summarise(log: dict) -> dict:
 
 def plot_loss(log: dict, path: str | Path | None = None):
     """Training and eval loss against the optimizer step."""
-    from .plots import plt, save
+    from ..plots import plt, save
 
     tr = [(e["step"], e["loss"]) for e in log["log"] if "loss" in e]
     ev = [(e["step"], e["eval_loss"]) for e in log["log"] if "eval_loss" in e]
@@ -937,7 +937,7 @@ def launch_command(cfg: FinetuneConfig) -> list[str]:
 
 def launch_distributed(cfg: FinetuneConfig) -> dict:
     """Run the training entry point under `accelerate launch` (DDP) and return the log it wrote."""
-    from .splits import load_split
+    from ..splits import load_split
 
     load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed)  # made once here, not by every rank
     cmd = launch_command(cfg)
