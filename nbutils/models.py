@@ -138,7 +138,9 @@ def dtype_override():
 
 
 def pick_dtype(device: str | None = None):
-    """bf16 on GPUs that support it, fp16 on older ones (T4), fp32 on CPU; NBUTILS_DTYPE overrides all three."""
+    """bf16 on GPUs that support it natively (Ampere+), fp16 on older ones (T4), fp32 on CPU; NBUTILS_DTYPE
+    overrides all three. torch's plain is_bf16_supported() also says True where bf16 is only emulated (a T4 can
+    create bf16 tensors), which bf16 AMP and bitsandbytes' bf16 compute cannot use: ask for native support."""
     import torch
 
     forced = dtype_override()
@@ -146,7 +148,7 @@ def pick_dtype(device: str | None = None):
         return forced
     device = device or pick_device()
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 
