@@ -48,6 +48,8 @@ class DataPaths:
     models = property(lambda self: self.root / "models")
     base_models = property(lambda self: self.root / "models" / "base")
     adapter = property(lambda self: self.root / "models" / "adapter")
+    checkpoints = property(lambda self: self.root / "models" / "checkpoints")
+    merged = property(lambda self: self.root / "models" / "merged")
     reports = property(lambda self: self.root / "reports")
     cache = property(lambda self: self.root / "cache")
     runs = property(lambda self: self.root / "runs")
