@@ -11,6 +11,28 @@ import pytest
 from nbutils import evaluate as ev
 
 
+# ---------------------------------------------------------------- configuration
+def test_eval_config_field_defaults_are_the_full_recipe_and_demo_overrides_them():
+    full, demo = ev.EvalConfig(), ev.EvalConfig.from_params(profile="demo")
+    assert full.profile == "full" and full.base_model == "meta-llama/Meta-Llama-3-8B"
+    assert (full.max_new_tokens, full.batch_size, full.n_bootstrap, full.max_prompt_tokens) == (512, 64, 10000, 2048)
+    assert ev.EvalConfig.from_params(profile="full").to_dict() == full.to_dict()
+    assert demo.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (demo.max_examples, demo.max_new_tokens, demo.batch_size, demo.n_bootstrap, demo.max_prompt_tokens) == (
+        12, 40, 12, 1000, 1024)
+
+
+def test_print_config_parses_values_by_type_and_refuses_a_bad_one(capsys):
+    from nbutils.config import stage_main
+
+    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--do_sample", "True", "--max_new_tokens", "7",
+                                              "--load_in_4bit", "none"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["do_sample"], cfg["max_new_tokens"], cfg["load_in_4bit"], cfg["profile"]) == (True, 7, None, "demo")
+    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--judge_backend", "grok"]) == 2
+    assert "judge_backend='grok'" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- metrics by hand
 def test_shipped_rouge_module_loads_offline_and_matches_hand_computed_values():
     import evaluate as hf_evaluate
@@ -193,16 +215,18 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
 
 
 def check_end_to_end(d: Path, params: dict) -> None:
-    first = ev.run(str(d), "demo", verbose=False, **params)   # the notebook's path, loading the model itself
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    first = ev.run(cfg, verbose=False)   # loading the model itself (the CLI's path)
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
         assert (reports / name).stat().st_size > 0, name
     preds1 = (reports / "predictions.jsonl").read_text()
     rows = [json.loads(x) for x in preds1.splitlines()]
-    assert len(rows) == 3 and first["n_examples"] == 3
+    assert len(rows) == 3 and first.report["n_examples"] == 3
+    assert json.loads((reports / "metrics.json").read_text()) == json.loads(json.dumps(first.report, default=str))
     assert all({"prompt", "reference", "base", "tuned", "scores"} <= set(r) for r in rows)
     assert rows[0]["prompt"].startswith("Below is an instruction") and "### Response:" in rows[0]["prompt"]
-    m = first["metrics"]
+    m = first.metrics
     assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu", "ref_nll", "ref_perplexity", "answer_words"}
     # the adapter really is switched off for the base model and on for the tuned one
     assert m["ref_nll"]["base"] != pytest.approx(m["ref_nll"]["tuned"], abs=1e-6)
@@ -210,30 +234,37 @@ def check_end_to_end(d: Path, params: dict) -> None:
     report = (reports / "report.md").read_text()
     assert "| ROUGE-L F1 |" in report and "Largest gains" in report
 
+    table = first.table()
+    assert list(table["metric"][:3]) == ["ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"]
+    assert {"base", "tuned", "delta", "delta_ci_low", "delta_ci_high", "tuned_better"} <= set(table.columns)
+    assert "3 test examples" in first.summary() and "ROUGE-L F1" in first.summary()
+
     # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    # (the notebook's path: the model is loaded in its own cell and passed in)
+    from nbutils.evaluate import generation
+
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
-    real = ev.generate_batch
-    ev.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = generation.generate_batch
+    generation.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
+        ev.run(cfg, model=model, tok=tok, verbose=False)
     finally:
-        ev.generate_batch = real
+        generation.generate_batch = real
     assert calls == []
     assert (reports / "predictions.jsonl").read_text() == preds1
 
     # determinism: regenerate everything from scratch -> identical files
     cfg.resume = False
-    second = ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
+    second = ev.run(cfg, model=model, tok=tok, verbose=False)
     assert (reports / "predictions.jsonl").read_text() == preds1
-    assert second["metrics"] == first["metrics"]
+    assert second.metrics == first.metrics
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
     with pytest.raises(FileNotFoundError, match="04_finetune"):
-        ev.run(str(tmp_path), "demo", verbose=False)
+        ev.run(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)
 
 
 # ---------------------------------------------------------------- LLM-as-judge through nbutils.llm backends
