@@ -18,12 +18,13 @@ from .generation import (GenParams, PredictionCache, clean_answer, cut_at_stop, 
                          left_pad, length_sorted_batches)
 from .judge import judge_metrics, judge_pairwise, parse_verdict
 from .metrics import ROUGE_METRIC_DIR, bleu_stats, corpus_bleu_from_stats, rouge_scores
-from .model import check_adapter, load_model_with_adapter
+from .model import AdapterBaseMismatch, check_adapter, check_adapter_base, load_model_with_adapter
 from .nll import reference_nll
 from .report import examples_markdown, metrics_table, render_report, show_examples
 from .stage import EvalResult, run
 
-__all__ = ["EvalConfig", "EvalResult", "run", "check_adapter", "load_model_with_adapter", "load_eval_examples",
+__all__ = ["EvalConfig", "EvalResult", "run", "check_adapter", "check_adapter_base",
+           "AdapterBaseMismatch", "load_model_with_adapter", "load_eval_examples",
            "recorded_template", "resolve_template", "GenParams", "PredictionCache", "generate_answers",
            "generate_batch", "length_sorted_batches", "left_pad", "cut_at_stop", "clean_answer", "reference_nll",
            "ROUGE_METRIC_DIR", "rouge_scores", "bleu_stats", "corpus_bleu_from_stats", "MetricSpec", "mean_spec",
