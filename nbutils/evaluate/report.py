@@ -19,6 +19,8 @@ def verdict(m: dict) -> str:
     sure = (lo > 0 or hi < 0)
     if m["higher_is_better"] is None:
         return "(descriptive)" if sure else "(descriptive; CI includes 0)"
+    if m["delta"] == 0:
+        return "not shown (no difference)"
     better = m["delta"] > 0 if m["higher_is_better"] else m["delta"] < 0
     return ("yes" if better else "no") if sure else \
         f"not shown (CI includes 0; point estimate {'better' if better else 'worse'})"

@@ -61,17 +61,20 @@ class EvalResult(StageResult):
 
     def summary(self) -> str:
         r, level = self.report, int(round(self.report["bootstrap"]["confidence"] * 100))
-        parts = []
-        for name in HEADLINE:
-            m = self.metrics.get(name)
-            if m:
-                lo, hi = m["delta_ci"]
+        parts, verdicts = [], {"yes": [], "no": []}
+        for name, m in self.metrics.items():
+            lo, hi = m["delta_ci"]
+            if name in HEADLINE:
                 parts.append(f"{METRIC_LABELS[name]} {m['base']:.4g} -> {m['tuned']:.4g} "
-                             f"({m['delta']:+.4g}, {level}% CI [{lo:+.4g}, {hi:+.4g}]: tuned better? {verdict(m)})")
+                             f"({m['delta']:+.3g}, {level}% CI [{lo:+.3g}, {hi:+.3g}])")
+            verdicts.get(verdict(m), []).append(METRIC_LABELS.get(name, name))
+        better = ", ".join(verdicts["yes"]) or "none"
+        worse = f"; worse on: {', '.join(verdicts['no'])}" if verdicts["no"] else ""
         seconds = self.runtime.get("seconds_total")
         return (f"05 evaluate: {r['n_examples']} {r['split']} examples, template {r['template']!r}, "
                 f"{'sampled' if r['generation']['do_sample'] else 'greedy'} decoding. " + "; ".join(parts)
-                + f". Reports in {self.reports_dir}" + (f" ({seconds} s)." if seconds is not None else "."))
+                + f". Tuned better ({level}% CI excludes 0) on: {better}{worse}. Reports in {self.reports_dir}"
+                + (f" ({seconds} s)." if seconds is not None else "."))
 
 
 def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool) -> str:
