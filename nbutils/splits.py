@@ -212,6 +212,10 @@ def load_split(data_dir: str | Path = "data", dataset_dir: str | Path | None = N
             f"{paths.instruction_json.name} (run notebooks/03_generate.ipynb first, or drop the original "
             f"project's JSON there)")
     records, notes = read_source(source, verbose)
+    if not records:
+        kept = f"; {dataset_dir} is left as it was" if (dataset_dir / "dataset_dict.json").exists() else ""
+        raise ValueError(f"{source} has no rows to split{kept} (rerun notebooks/03_generate.ipynb, or restore "
+                         f"the file)")
     dd, info = make_split(records, test_size, seed)
     info.update(source=str(source), source_sha256=sha256_file(source), **notes)
     save_split(dd, info, dataset_dir)

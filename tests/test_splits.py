@@ -140,3 +140,14 @@ def test_original_format_fields_get_the_reply_cleaning_and_the_count_is_reported
     assert sorted(outputs)[:2] == ["It compresses the cache by 0x.", "It compresses the cache by 1x."]
     assert not any(o.startswith('"') or o.endswith("**") for o in outputs)
     assert read_info(tmp_path)["fields_cleaned"] == {"instruction": 8, "input": 0, "output": 8}
+
+
+def test_an_emptied_source_is_refused_and_the_split_is_kept(tmp_path):
+    write_triples(tmp_path / "triples.jsonl", triples())
+    before = list(load_split(tmp_path, verbose=False)["test"]["instruction"])
+    (tmp_path / "triples.jsonl").write_text("")                 # e.g. a 03 run where every page failed
+    with pytest.raises(ValueError, match="triples.jsonl has no rows to split; .*dataset is left as it was"):
+        load_split(tmp_path, verbose=False)
+    from datasets import load_from_disk
+
+    assert list(load_from_disk(str(tmp_path / "dataset"))["test"]["instruction"]) == before
