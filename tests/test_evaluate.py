@@ -273,7 +273,8 @@ def test_references_from_the_original_json_come_without_its_wrapping_quotes_and_
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
     examples = ev.load_eval_examples(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)))
     assert "cleaned 20 of 30 fields" in capsys.readouterr().out
-    assert [e["output"] for e in examples] == [f"Claim {e['instruction'].split()[-1].rstrip('?')} holds." for e in examples]
+    numbers = [e["instruction"].split()[-1].rstrip("?") for e in examples]
+    assert [e["output"] for e in examples] == [f"Claim {n} holds." for n in numbers]
     assert all(not e["instruction"].startswith('"') for e in examples)
 
 
@@ -344,7 +345,8 @@ def tiny_adapter(base_dir: Path, out: Path, recorded_base: str | None = None) ->
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")).save_pretrained(out)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(out)
     name = recorded_base or str(base_dir)
     (out / "train_log.json").write_text(json.dumps({"base_model": name, "base_model_path": str(base_dir),
                                                     "config": {"template": "alpaca"}}))

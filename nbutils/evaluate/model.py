@@ -86,11 +86,11 @@ def attach_adapter(base, cfg: EvalConfig):
         if "size mismatch" not in str(e):
             raise
         first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "")
+        trained = describe_trained_on(trained_on(cfg.adapter_dir)) or "an unrecorded base"
         raise AdapterBaseMismatch(
             f"the adapter in {cfg.adapter_dir} does not fit base_model={cfg.base_model!r}: its weights have other "
-            f"shapes ({first.rstrip('.')}). It was trained on "
-            f"{describe_trained_on(trained_on(cfg.adapter_dir)) or 'an unrecorded base'}. Evaluate it with that base_model, or retrain notebooks/04_finetune.ipynb on {cfg.base_model!r}."
-        ) from None
+            f"shapes ({first.rstrip('.')}). It was trained on {trained}. Evaluate it with that base_model, or "
+            f"retrain notebooks/04_finetune.ipynb on {cfg.base_model!r}.") from None
 
 
 def choose_4bit(cfg: EvalConfig, device: str) -> bool:
