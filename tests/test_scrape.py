@@ -1,4 +1,5 @@
-"""nbutils.scrape against the bundled arXiv look-alike (nbutils.demo_site) and recorded export-API answers."""
+"""nbutils.scrape end to end against the bundled arXiv look-alike (nbutils.demo_site, with the fault switches of
+tests/fake_arxiv.py) and recorded export-API answers."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from nbutils.demo_site import DemoSite, ExtraEntry, load_corpus
+from fake_arxiv import ExtraEntry, FaultySite
+from nbutils.arxiv_ids import build_api_query, build_search_url, id_from_url, parse_arxiv_id, pdf_filename
+from nbutils.demo_site import DemoSite, load_corpus
 from nbutils.io import read_json, read_jsonl, sha256_file
-from nbutils.scrape import (ScrapeConfig, ScrapeError, Throttle, build_api_query, build_search_url,
-                            disposition_id, id_from_url, parse_arxiv_id, parse_atom, parse_submitted, pdf_filename, pdf_path_for, pdf_problem,
-                            retry_after_seconds, scrape)
+from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
+from nbutils.scrape.api import parse_atom
+from nbutils.scrape.download import disposition_id, pdf_problem
+from nbutils.scrape.http import Throttle, retry_after_seconds
+from nbutils.scrape.records import parse_submitted
+from nbutils.scrape.store import pdf_path_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "arxiv_api"
 CORPUS = load_corpus()          # newest first, as the site lists them
@@ -169,7 +175,7 @@ def test_api_backend_empty_and_error_answers(tmp_path, recorded_api):
 
 
 def test_a_failing_listing_is_reported_not_raised(tmp_path, pdf_cache):
-    with DemoSite(cache_dir=pdf_cache, page_faults={"/api": "500"}) as site:
+    with FaultySite(cache_dir=pdf_cache, page_faults={"/api": "500"}) as site:
         cfg = make_cfg(tmp_path, backend="api")
         result = scrape(cfg, api_url=site.api_url())
         assert site.hits("/api/") == 3                              # 1 + max_retries
@@ -181,7 +187,7 @@ def test_a_failing_listing_is_reported_not_raised(tmp_path, pdf_cache):
 def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache):
     ids = [p.base_id for p in CORPUS]
     faults = dict(zip(ids, ["404", "500", "429_once", "not_pdf", "truncated", "redirect_offsite"]))
-    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, retry_after_s=1) as site:
+    with FaultySite(cache_dir=pdf_cache, pdf_faults=faults, retry_after_s=1) as site:
         cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=10)
         result = scrape(cfg, api_url=site.api_url())
         status = {r["id"].split("v")[0]: (result.status[r["id"]], result.reasons.get(r["id"], ""))
@@ -207,7 +213,7 @@ def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache)
 def test_hostile_names_oversize_and_html_labelled_pdf(tmp_path, pdf_cache):
     ids = [p.base_id for p in CORPUS]
     faults = dict(zip(ids, ["hostile_name", "oversize", "html_as_pdf", "503_once", "redirect_same_host"]))
-    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, oversize_mb=1.5, content_disposition=False) as site:
+    with FaultySite(cache_dir=pdf_cache, pdf_faults=faults, oversize_mb=1.5, content_disposition=False) as site:
         cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=5, max_pdf_mb=1.0)
         result = scrape(cfg, api_url=site.api_url())
     by = {r["id"]: (result.status[r["id"]], result.reasons.get(r["id"], "")) for r in result.records}
@@ -314,7 +320,7 @@ def test_both_backends_give_the_same_records(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_relative_links_and_list_pages(tmp_path, pdf_cache):
-    with DemoSite(cache_dir=pdf_cache, page_size=3, link_style="relative") as site:
+    with FaultySite(cache_dir=pdf_cache, page_size=3, link_style="relative") as site:
         search = scrape(make_cfg(tmp_path / "s", max_papers=2), search_url=site.search_url("llm"))
         listing = scrape(make_cfg(tmp_path / "l", max_papers=10), search_url=site.list_url("cs.CL", show=4))
         assert 'href="/pdf/' in site_page(site, "/search/?query=llm")
@@ -341,8 +347,8 @@ def test_empty_results_page(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
-    hostile = ExtraEntry(raw_id="../../../tmp/evil", submitted="2024-06-30")
-    with DemoSite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
+    hostile = ExtraEntry(base_id="../../../tmp/evil", submitted="2024-06-30")
+    with FaultySite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
                   page_faults={"/search": "429_once"}, retry_after_s=1,
                   pdf_faults={CORPUS[3].base_id: "hostile_name"}) as site:
         cfg = make_cfg(tmp_path, max_papers=20)
@@ -363,10 +369,10 @@ def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_demo_profile_serves_its_own_site_and_gets_every_paper(tmp_path):
-    from nbutils.scrape import run_scrape
+    from nbutils.scrape import run
 
     cfg = ScrapeConfig.from_params(profile="demo", data_dir=str(tmp_path))
-    result = run_scrape(cfg)
+    result = run(cfg)
     assert result.counts() == {"downloaded": len(CORPUS), "skipped": 0, "failed": 0}
     assert len(list((tmp_path / "cache" / "demo_site").glob("*.pdf"))) == len(CORPUS)
     report = read_json(cfg.report_path)
