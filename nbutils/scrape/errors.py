@@ -7,7 +7,8 @@ import re
 SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 SECRET_QUERY = re.compile(r"(?i)([?&;](?:[\w.-]*(?:key|token|secret|password|passwd|auth|signature|sig))=)[^&#\s'\"]+")
 URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
-AUTH_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|cookie)(\W{1,4})[^\r\n'\",}]+")
+AUTH_HEADER = re.compile(r"(?i)\b(authorization|x-api-key|api-key|cookie)(\W{1,4})(?:(?:bearer|basic|token)\s+)?"
+                         r"[^\s;,'\"}]+")
 BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 
 

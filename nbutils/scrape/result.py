@@ -33,12 +33,12 @@ class ScrapeResult(StageResult):
 
     def listing_failed(self, url: str, error: Exception) -> None:
         """A listing page that could not be read ends the listing; what was found so far is still fetched."""
-        self.listing_failures.append({"id": "", "url": url, "reason": redact(f"listing stopped: {error}")})
+        self.listing_failures.append({"id": "", "url": redact(url), "reason": redact(f"listing stopped: {error}")})
         say(f"listing stopped after {self.pages} page(s): {error}")
 
     def entry_failed(self, entry_id: str, url: str, error: Exception) -> None:
         """One listing entry skipped with its reason; the rest of the listing is kept."""
-        self.listing_failures.append({"id": entry_id, "url": url, "reason": redact(str(error))})
+        self.listing_failures.append({"id": redact(entry_id), "url": redact(url), "reason": redact(str(error))})
         say(f"skipping a listing entry: {error}")
 
     def warn(self, item_id: str, reason: str) -> None:
