@@ -7,8 +7,10 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from .config import ScrapeConfig
 from .errors import ScrapeError
@@ -75,6 +77,16 @@ return {title: document.title, history: hist ? hist.innerText : '', versions: ve
 """
 
 
+@dataclass
+class Navigation:
+    """One page load as the browser saw it: every URL the main frame was sent to, the last status/headers."""
+
+    hops: list[str] = field(default_factory=list)
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
 def guarded_service(driver_path: str):
     """A Selenium Service that starts chromedriver through driver_guard.py (POSIX), else a plain one."""
     from selenium.webdriver.chrome.service import Service
@@ -116,35 +128,43 @@ class Browser:
     def close(self) -> None:
         self.driver.quit()
 
-    def navigation(self) -> tuple[list[str], int, dict[str, str]]:
-        """The main frame's document requests since the last call (every redirect hop), and the HTTP status
-        and headers of the last document response (from Chromium's performance log)."""
-        hops: list[str] = []
-        status, headers, frame = 0, {}, None
-        for entry in self.driver.get_log("performance"):
-            msg = json.loads(entry["message"])["message"]
+    def navigation(self) -> Navigation:
+        """What the main frame's document requests did since the last call, from Chromium's performance log
+        (events arrive in no fixed order, hence two passes)."""
+        events = [json.loads(e["message"])["message"] for e in self.driver.get_log("performance")]
+        nav, frame, requests = Navigation(), None, set()
+        for msg in events:
             params = msg.get("params", {})
             if params.get("type") != "Document":
                 continue
             frame = frame or params.get("frameId")
             if params.get("frameId") != frame:
                 continue
-            if msg.get("method") == "Network.requestWillBeSent":
-                redirect = params.get("redirectResponse") or {}
-                location = {k.lower(): v for k, v in redirect.get("headers", {}).items()}.get("location")
-                hops += [location] if location else []
-                hops.append(params["request"]["url"])
-            elif msg.get("method") == "Network.responseReceived":
+            method = msg.get("method")
+            if method == "Network.requestWillBeSent":
+                requests.add(params.get("requestId"))
+                nav.hops.append(params["request"]["url"])
+            elif method == "Network.responseReceived":
                 resp = params["response"]
-                status, headers = int(resp.get("status", 0)), {k.lower(): v for k, v in resp["headers"].items()}
-        return hops, status, headers
+                nav.status, nav.headers = int(resp.get("status", 0)), {k.lower(): v for k, v in resp["headers"].items()}
+            elif method == "Network.loadingFailed":
+                nav.error = params.get("errorText", "failed")
+        for msg in events:       # redirect targets, also those Chromium refused to follow (file://: ERR_UNSAFE_REDIRECT)
+            params = msg.get("params", {})
+            if msg.get("method") == "Network.responseReceivedExtraInfo" and params.get("requestId") in requests:
+                location = {k.lower(): v for k, v in params.get("headers", {}).items()}.get("location")
+                if location:
+                    nav.hops.append(location)
+        return nav
 
-    def check_navigation(self, url: str, what: str, hops: list[str]) -> None:
+    def check_navigation(self, url: str, what: str, nav: Navigation) -> None:
         """Refuse a load that went (or was sent) off the allowed hosts on the way or at the end."""
-        for hop in hops + [self.driver.current_url]:
-            problem = self.policy.problem(hop)
+        for hop in nav.hops + [self.driver.current_url]:
+            problem = self.policy.problem(urljoin(url, hop))
             if problem:
                 raise ScrapeError(f"refused {what}: {url} redirected to {problem}")
+        if nav.error:
+            raise ScrapeError(f"browser could not load {url}: {nav.error}")
 
     def load(self, url: str, what: str = "page") -> None:
         """Open url politely after the host check; retries 429/5xx like HttpClient; raises ScrapeError for
@@ -165,14 +185,14 @@ class Browser:
                 continue
             finally:
                 self.throttle.done(url)
-            hops, status, headers = self.navigation()
-            self.check_navigation(url, what, hops)
-            if status in RETRY_STATUSES:
+            nav = self.navigation()
+            self.check_navigation(url, what, nav)
+            if nav.status in RETRY_STATUSES:
                 attempt += 1
-                time.sleep(retry_wait(self.cfg, attempt, status, headers.get("retry-after"), url))
+                time.sleep(retry_wait(self.cfg, attempt, nav.status, nav.headers.get("retry-after"), url))
                 continue
-            if status and status != 200:
-                raise ScrapeError(f"HTTP {status} for {url}")
+            if nav.status and nav.status != 200:
+                raise ScrapeError(f"HTTP {nav.status} for {url}")
             return
 
     def read_listing(self, url: str, what: str = "listing page") -> dict[str, Any]:
