@@ -2,7 +2,6 @@
 (issue 17, item 9). Slow: starts a real Chromium."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

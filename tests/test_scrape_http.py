@@ -7,6 +7,7 @@ from pathlib import Path
 from hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, small_pdf
 from nbutils.io import read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
+from nbutils.scrape.http import Throttle, retry_after_seconds
 
 PID, PID2 = "2405.00001v1", "2405.00002v1"     # the scraper fetches <origin>/pdf/<id>
 
@@ -56,3 +57,20 @@ def test_a_gzip_encoded_pdf_is_decoded_and_kept(tmp_path):
     assert result.status[PID] == "downloaded", result.reasons
     assert (Path(cfg.pdf_dir) / f"{PID}.pdf").read_bytes() == data
     assert [r["id"] for r in read_jsonl(cfg.papers_path)] == [PID]
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0   # in the past
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+
+
+def test_throttle_never_goes_below_three_seconds_for_arxiv():
+    slept = []
+    t = Throttle(0.1, sleep=slept.append)
+    assert t.delay_for("arxiv.org") == 3.0 and t.delay_for("export.arxiv.org") == 3.0
+    assert t.delay_for("127.0.0.1") == 0.1
+    t.wait("https://arxiv.org/a")
+    t.done("https://arxiv.org/a")
+    t.wait("https://arxiv.org/b")
+    assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
