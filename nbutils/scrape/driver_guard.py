@@ -14,9 +14,29 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 POLL_S = 0.2
 GRACE_S = 2.0
+
+
+def group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: Chromium's helpers, orphaned when
+    chromedriver exits, wait for PID 1 to reap them, which in a container may take a while."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    if not Path("/proc/self/stat").exists():
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if group == str(pgid) and state != "Z":
+            return True
+    return False
 
 
 def kill_group(child: subprocess.Popen) -> None:
@@ -30,9 +50,7 @@ def kill_group(child: subprocess.Popen) -> None:
     deadline = time.monotonic() + GRACE_S
     while time.monotonic() < deadline:
         child.poll()
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not group_running(pgid):
             return
         time.sleep(0.05)
     try:

@@ -16,12 +16,11 @@ from .result import ScrapeResult
 
 def listing_pages(browser: Browser, url: str, max_pages: int = 1000) -> Iterator[dict[str, Any]]:
     """Each page of a search or /list/ listing, following its pagination; a "next" link off the allowed
-    hosts (or not http/https) ends the listing with ScrapeError before it is loaded."""
+    hosts (or not http/https) ends the listing with ScrapeError before it is loaded (Browser.load checks)."""
     seen: set[str] = set()
     what = "listing page"
     while url and url not in seen and len(seen) < max_pages:
         seen.add(url)
-        browser.policy.check(url, what)
         page = browser.read_listing(url, what)
         if page["kind"] == "unknown" and not page["empty"]:
             raise ScrapeError(f"{url}: neither arXiv search results (li.arxiv-result) nor a /list/ page "
