@@ -175,6 +175,7 @@ class Browser:
         attempt = 0
         while True:
             self.throttle.wait(url)
+            self.driver.get_log("performance")        # drop what earlier loads left, so navigation() sees this one
             try:
                 self.driver.get(url)
             except WebDriverException as e:   # timeouts, connection refused, DNS ...
