@@ -65,7 +65,8 @@ def test_next_links_to_a_file_or_another_address_and_an_off_host_abs_page_are_re
         other.routes[f"/abs/{PID}"] = page("<div class='submission-history'><strong>[v7]</strong></div>")
         s.routes[f"/pdf/{PID}"] = pdf(small_pdf())           # no Content-Disposition: the version needs the abs page
         s.routes["/search"] = page(search_page(
-            [search_result(other.url(f"/abs/{PID}"), s.url(f"/pdf/{PID}"), PID, "Page one")], local.as_uri()))
+            [search_result(other.url(f"/abs/{PID}"), s.url(f"/pdf/{PID}"), PID, "Page one")], local.as_uri())
+            + f'<iframe src="{other.url("/search")}"></iframe><img src="{other.url("/pixel.gif")}">')
         s.routes["/search2"] = page(search_page(
             [search_result(s.url("/abs/2405.00002"), s.url("/pdf/2405.00002"), "2405.00002", "Page two")],
             other.url("/search")))

@@ -1,6 +1,7 @@
 """A real headless Chromium through Selenium (Debian chromium + chromedriver, nothing downloaded at run time).
-Every load passes the host check before it starts, and the redirect chain and final address after it; the
-driver runs under driver_guard.py, so a kill -9 of this process leaves no Chromium behind."""
+Every load passes the host check before it starts, and the redirect chain and final address after it;
+Chromium itself resolves only the allowed hosts; the driver runs under driver_guard.py, so a kill -9 of
+this process leaves no Chromium behind."""
 from __future__ import annotations
 
 import json
@@ -87,6 +88,12 @@ class Navigation:
     error: str = ""
 
 
+def resolver_rules(policy: HostPolicy) -> str:
+    """Chromium's own allow-list: every other host name and IP address fails to resolve, so no frame, redirect
+    or script of a page can make the browser contact it."""
+    return "--host-resolver-rules=MAP * ~NOTFOUND, " + ", ".join(f"EXCLUDE {h}" for h in sorted(policy.hosts))
+
+
 def guarded_service(driver_path: str):
     """A Selenium Service that starts chromedriver through driver_guard.py (POSIX), else a plain one."""
     from selenium.webdriver.chrome.service import Service
@@ -117,6 +124,7 @@ class Browser:
         for flag in CHROME_FLAGS:
             opts.add_argument(flag)
         opts.add_argument(f"--user-agent={user_agent(cfg)}")
+        opts.add_argument(resolver_rules(policy))
         opts.binary_location = cfg.browser_binary
         opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         self.cfg, self.throttle, self.policy = cfg, throttle, policy
@@ -157,14 +165,12 @@ class Browser:
                     nav.hops.append(location)
         return nav
 
-    def check_navigation(self, url: str, what: str, nav: Navigation) -> None:
-        """Refuse a load that went (or was sent) off the allowed hosts on the way or at the end."""
-        for hop in nav.hops + [self.driver.current_url]:
+    def refuse_off_host(self, url: str, what: str, hops: list[str]) -> None:
+        """ScrapeError when the load went (or was sent) off the allowed hosts on the way or at the end."""
+        for hop in hops:
             problem = self.policy.problem(urljoin(url, hop))
             if problem:
                 raise ScrapeError(f"refused {what}: {url} redirected to {problem}")
-        if nav.error:
-            raise ScrapeError(f"browser could not load {url}: {nav.error}")
 
     def load(self, url: str, what: str = "page") -> None:
         """Open url politely after the host check; retries 429/5xx like HttpClient; raises ScrapeError for
@@ -178,7 +184,8 @@ class Browser:
             self.driver.get_log("performance")        # drop what earlier loads left, so navigation() sees this one
             try:
                 self.driver.get(url)
-            except WebDriverException as e:   # timeouts, connection refused, DNS ...
+            except WebDriverException as e:   # timeouts, connection refused, a host the resolver rules refuse ...
+                self.refuse_off_host(url, what, self.navigation().hops)
                 attempt += 1
                 if attempt > self.cfg.max_retries:
                     raise ScrapeError(f"browser could not load {url}: {e.msg or type(e).__name__}") from e
@@ -187,7 +194,9 @@ class Browser:
             finally:
                 self.throttle.done(url)
             nav = self.navigation()
-            self.check_navigation(url, what, nav)
+            self.refuse_off_host(url, what, nav.hops + [self.driver.current_url])
+            if nav.error:
+                raise ScrapeError(f"browser could not load {url}: {nav.error}")
             if nav.status in RETRY_STATUSES:
                 attempt += 1
                 time.sleep(retry_wait(self.cfg, attempt, nav.status, nav.headers.get("retry-after"), url))
