@@ -1,10 +1,11 @@
-"""nbutils.scrape.http and download: a time limit on the whole request, gzip-encoded PDFs (issue 17, items 4, 9)."""
+"""nbutils.scrape.http and download: throttle and Retry-After, a time limit on the whole request, gzip-encoded
+PDFs and gzip bombs (issue 17, items 4, 9)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, small_pdf
+from hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, send, small_pdf
 from nbutils.io import read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.http import Throttle, retry_after_seconds
@@ -74,3 +75,24 @@ def test_throttle_never_goes_below_three_seconds_for_arxiv():
     t.done("https://arxiv.org/a")
     t.wait("https://arxiv.org/b")
     assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
+
+
+def test_a_long_retry_after_fails_the_item_instead_of_waiting(tmp_path):
+    def busy(h):
+        send(h, 429, b"slow down", "text/plain", {"Retry-After": "3600"})
+
+    with HostileServer({f"/pdf/{PID}": busy, f"/pdf/{PID2}": pdf(small_pdf())}) as s:
+        t0 = time.monotonic()
+        result = scrape(make_cfg(tmp_path, max_wait_s=5.0), api_url=listing(s, PID, PID2))
+    assert time.monotonic() - t0 < 5
+    assert result.reasons[PID] == "HTTP 429: server asked to wait 3600s (> max_wait_s=5)"
+    assert result.status[PID2] == "downloaded"
+
+
+def test_a_gzip_bomb_is_stopped_at_the_size_cap_after_decoding(tmp_path):
+    bomb = small_pdf()[:-6] + b"\n" * (3 * 2**20) + b"%%EOF\n"           # 3 MB that gzip packs into a few KB
+    with HostileServer({f"/pdf/{PID}": gzipped_pdf(bomb)}) as s:
+        cfg = make_cfg(tmp_path, max_pdf_mb=1.0)
+        result = scrape(cfg, api_url=listing(s, PID))
+    assert result.status[PID] == "failed" and "over the 1 MB cap" in result.reasons[PID]
+    assert not list(Path(cfg.pdf_dir).iterdir())
