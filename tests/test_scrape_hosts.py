@@ -10,7 +10,7 @@ import pytest
 from hostile_servers import (HostileServer, atom, atom_feed, page, pdf, redirect, search_page, search_result,
                              small_pdf)
 from nbutils.demo_site import DemoSite
-from nbutils.io import read_json, read_jsonl
+from nbutils.io import read_json, read_jsonl, sha256_file
 from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
 from nbutils.scrape.hosts import HostPolicy
 
@@ -79,7 +79,7 @@ def test_next_links_to_a_file_or_another_address_and_an_off_host_abs_page_are_re
     assert "refused next page" in stop["reason"] and local.as_uri() in stop["reason"]
     [abs_note] = file_run.warnings
     assert "refused abs page" in abs_note["reason"] and "127.0.0.2" in abs_note["reason"]
-    stored = Path(file_run.records and make_cfg(tmp_path / "a").papers_path).read_text()
+    stored = (tmp_path / "a" / "papers.jsonl").read_text()
     assert "LOCAL FILE" not in stored and "OTHER ADDRESS" not in stored
     assert [r["title"] for r in other_run.records] == ["Page two"]
     assert "refused next page" in other_run.listing_failures[0]["reason"]
@@ -113,7 +113,8 @@ def test_an_unversioned_record_pointing_outside_is_not_moved_in_by_the_abs_step(
     with DemoSite(cache_dir=tmp_path / "cache") as site:
         paper = site.papers[0]
         outside.write_bytes(site.pdf_paths[paper.base_id].read_bytes())
-        (data_dir / "papers.jsonl").write_text(json.dumps({"id": paper.base_id, "pdf_path": "../outside/x.pdf"}))
+        (data_dir / "papers.jsonl").write_text(json.dumps({"id": paper.base_id, "pdf_path": "../outside/x.pdf",
+                                                          "sha256": sha256_file(outside)}))
         cfg = make_cfg(data_dir, max_papers=1, download=False)
         result = scrape(cfg, search_url=site.search_url("llm"))
     assert outside.exists() and not (data_dir / "pdfs").exists()
