@@ -145,7 +145,8 @@ class FakeLLMServer:
                 if action.get("hang_s"):
                     time.sleep(action["hang_s"])
                 if action.get("echo_headers"):
-                    err = {"error": {"message": "bad request; you sent: " + json.dumps(dict(self.headers))}}
+                    sent = f"Authorization: {self.headers.get('Authorization')}; " + json.dumps(dict(self.headers))
+                    err = {"error": {"message": "bad request; you sent: " + sent}}
                     return self._send(action.get("status", 400), json.dumps(err).encode())
                 if action.get("drip_s"):
                     return self._drip(json.dumps(server._completion(body)).encode(), action["drip_s"])

@@ -370,3 +370,15 @@ def test_secrets_echoed_by_the_server_never_land_anywhere(env, capsys):
     assert not leaked and key not in res.summary() and key not in printed.out + printed.err
     assert key not in res.table().to_string()
     assert any("[REDACTED]" in r["reply"] for r in read_jsonl(env / "cache" / "generate_replies.jsonl"))
+
+
+def test_print_config_shows_the_resolved_profile(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "nbutils.generate", "--profile", "demo", "--max-wait-s", "5",
+                          "--json_mode", "false", "--data_dir", str(tmp_path), "--print-config"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    printed = json.loads(out)
+    assert printed["backend"] == "local" and printed["max_pages"] == 56 and printed["max_wait_s"] == 5.0
+    assert printed["json_mode"] is False and printed["triples_path"] == str(tmp_path / "triples.jsonl")
+    bad = subprocess.run([sys.executable, "-m", "nbutils.generate", "--timeout_s", "soon", "--print-config"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "timeout_s='soon': expected float" in bad.stderr

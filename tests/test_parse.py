@@ -484,12 +484,17 @@ def test_kill_9_of_the_main_process_leaves_no_parse_worker(tmp_path):
             proc.kill()
 
 
-def test_print_config_shows_the_resolved_profile(capsys):
-    from nbutils.config import stage_main
-    from nbutils.parse import ParseConfig as Cfg
+def test_print_config_shows_the_resolved_profile(tmp_path):
+    import subprocess
+    import sys
 
-    assert stage_main(Cfg, run=lambda c: pytest.fail("must not run"),
-                      argv=["--profile", "full", "--workers", "3", "--print-config"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    from nbutils.io import PROJECT_ROOT
+
+    out = subprocess.run([sys.executable, "-m", "nbutils.parse", "--profile", "full", "--workers", "3",
+                          "--data_dir", str(tmp_path), "--print-config"], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    printed = json.loads(out)
     assert printed["workers"] == 3 and printed["timeout_s"] == 120.0 and printed["max_memory_mb"] == 4096
+    assert printed["pages_path"] == str(tmp_path / "pages.jsonl")
     assert ParseConfig.from_params(profile="demo").timeout_s == 30.0
+    assert not (tmp_path / "pages.jsonl").exists()          # printing runs nothing
