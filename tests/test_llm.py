@@ -215,3 +215,14 @@ def test_an_error_body_echoing_the_authorization_header_is_redacted(monkeypatch,
         with pytest.raises(LLMError) as e:
             backend.complete(MSG, max_tokens=32)
     assert "you sent" in str(e.value) and key not in e.value.describe() and key[:12] not in str(e.value)
+
+
+def test_many_workers_are_not_capped_by_the_connection_pool(groq_env):
+    """25 workers must keep 25 requests in flight (a pool of 10 connections would make this take 3 rounds)."""
+    with FakeLLMServer(latency_s=1.0) as srv:
+        backend = make_backend("groq", None, srv.url)
+        t0 = time.monotonic()
+        results = complete_many(backend, [MSG] * 25, workers=25, policy=FAST)
+        elapsed = time.monotonic() - t0
+    assert all(not isinstance(r, LLMError) for r in results)
+    assert elapsed < 2.5, elapsed

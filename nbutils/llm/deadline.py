@@ -69,13 +69,20 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+# as many connections as the groq client allows (httpcore's own default of 10 would cap 25 workers at 10)
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=5.0)
+
+
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx.HTTPTransport whose every request (headers and body) must finish within `total_s` seconds."""
 
-    def __init__(self, total_s: float):
-        super().__init__()
+    def __init__(self, total_s: float, limits: httpx.Limits = CONNECTION_LIMITS):
+        super().__init__(limits=limits)
         self.total_s = total_s
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                             max_connections=limits.max_connections,
+                                             max_keepalive_connections=limits.max_keepalive_connections,
+                                             keepalive_expiry=limits.keepalive_expiry,
                                              network_backend=_DeadlineBackend())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
