@@ -226,3 +226,11 @@ def test_many_workers_are_not_capped_by_the_connection_pool(groq_env):
         elapsed = time.monotonic() - t0
     assert all(not isinstance(r, LLMError) for r in results)
     assert elapsed < 2.5, elapsed
+
+
+def test_a_reset_header_of_hours_pauses_no_longer_than_max_pause_s():
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock, max_pause_s=30)
+    lim.observe_headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2h"})
+    lim.acquire(sleep=clock.sleep)
+    assert clock.t - 100.0 == pytest.approx(30.0)

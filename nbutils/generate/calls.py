@@ -36,7 +36,7 @@ def make_limiter(cfg: GenerateConfig) -> RateLimiter:
     limits = PROVIDER_LIMITS.get(cfg.backend, {})
     rpm = limits.get("rpm", 0) if cfg.rpm is None else cfg.rpm
     tpm = limits.get("tpm", 0) if cfg.tpm is None else cfg.tpm
-    return RateLimiter(rpm=rpm, tpm=tpm, rpm_from_headers=cfg.backend == "openai")
+    return RateLimiter(rpm=rpm, tpm=tpm, rpm_from_headers=cfg.backend == "openai", max_pause_s=cfg.max_wait_s)
 
 
 def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTemplate, params: dict,

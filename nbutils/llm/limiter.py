@@ -51,11 +51,14 @@ class RateLimiter:
     request). A request may take the token bucket into debt (a big page still goes through), later
     requests wait for it to refill. `pause(seconds)` (a 429's Retry-After) holds everybody back, and
     `observe_headers` syncs with the server's x-ratelimit-* view. `headroom` < 1 runs slightly under the
-    configured rate so clock jitter does not turn into 429s. 0 = unlimited."""
+    configured rate so clock jitter does not turn into 429s. 0 = unlimited. No pause is longer than
+    `max_pause_s` (a daily quota's reset of hours must not freeze the run: the next request's 429 says so)."""
 
     def __init__(self, rpm: float = 0, tpm: float = 0, burst_s: float = 1.0, headroom: float = 0.98,
-                 rpm_from_headers: bool = False, clock: Callable[[], float] = time.monotonic):
+                 rpm_from_headers: bool = False, clock: Callable[[], float] = time.monotonic,
+                 max_pause_s: float = float("inf")):
         self.rpm, self.tpm, self.burst_s, self.headroom = float(rpm), float(tpm), burst_s, headroom
+        self.max_pause_s = max_pause_s
         self.rpm_from_headers = rpm_from_headers   # OpenAI's limit-requests is per minute; Groq's per day
         self.clock = clock
         self._cond = threading.Condition()
@@ -127,7 +130,7 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         with self._cond:
-            self._paused_until = max(self._paused_until, self.clock() + max(0.0, seconds))
+            self._paused_until = max(self._paused_until, self.clock() + min(max(0.0, seconds), self.max_pause_s))
             self._cond.notify_all()
 
     def observe_headers(self, headers: Any) -> None:
@@ -151,7 +154,7 @@ class RateLimiter:
             if rem_req is not None and rem_req <= 0:
                 reset = parse_duration(get("x-ratelimit-reset-requests"))
                 if reset:
-                    self._paused_until = max(self._paused_until, now + reset)
+                    self._paused_until = max(self._paused_until, now + min(reset, self.max_pause_s))
 
 
 def _num(v: Any) -> float | None:
