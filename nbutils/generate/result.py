@@ -58,7 +58,8 @@ class GenerateResult(StageResult):
             f"tokens this run: {self.run_prompt_tokens} in / {self.run_completion_tokens} out, "
             f"~${self.run_cost_usd:.4f}; whole dataset ~${self.dataset_cost_usd:.4f}"
             + ("" if self.price_known else " (model not in the price table)"),
-            f"wall {self.wall_s:.1f} s, {self.requests_per_min:.1f} requests/min, limiter waits {self.limiter_wait_s:.1f} s",
+            f"wall {self.wall_s:.1f} s, {self.requests_per_min:.1f} requests/min, "
+            f"limiter waits {self.limiter_wait_s:.1f} s",
         ]
         if self.split:
             lines.append(f"split ({self.split.get('method')}, seed {self.split.get('seed')}): "

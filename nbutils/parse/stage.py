@@ -188,10 +188,11 @@ def run(cfg: ParseConfig, progress: bool = True) -> ParseResult:
     for path_s, result in run_pool(list(by_path), options, cfg.n_workers(), cfg.timeout_s):
         f = by_path[path_s]
         pid = f.paper_id
-        records = to_records(pid, shas[pid], result.get("pages", []), cfg, tokenizer) if result["status"] == "ok" else []
+        ok = result["status"] == "ok"
+        records = to_records(pid, shas[pid], result["pages"], cfg, tokenizer) if ok else []
         append_jsonl(cfg.pages_path, records)
         files[pid] = file_entry(f, shas[pid], result, records, titles.get(f.path.stem))
-        if result["status"] != "ok":
+        if not ok:
             bar.write(f"skipped {f.path.name}: {result['reason']}: {result['detail']}")
         bar.update(1)
         if time.monotonic() - last_write > 2:  # the report is the resume point: keep it fresh
