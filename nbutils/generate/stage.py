@@ -6,8 +6,8 @@ by sha256(backend model + prompt version + generation parameters + rendered prom
 from that cache on every run, so a rerun makes no calls for cached pages, and a run killed at any moment
 loses only requests in flight and never duplicates a row.
 
-The three outputs move together: a run that keeps at least one triple replaces all of them (dataset/ through
-an atomic folder swap, then the JSON, then triples.jsonl); a run that keeps none (every page failed, e.g. a
+The three outputs move together: a run that keeps at least one triple replaces all of them (triples.jsonl, the
+JSON, then dataset/ through an atomic folder swap); a run that keeps none (every page failed, e.g. a
 mistyped model name) leaves all of them as they were and says so, so they never disagree.
 """
 from __future__ import annotations
@@ -25,15 +25,17 @@ from .result import GenerateResult, cost_usd
 
 
 def write_outputs(cfg: GenerateConfig, triples: list[dict], result: GenerateResult) -> None:
-    """dataset/ (split by paper), the original-format JSON and triples.jsonl, each replaced atomically."""
+    """triples.jsonl, the original-format JSON and dataset/ (split by paper), each replaced atomically, the
+    source first: a run killed in between leaves a split older than its source, which the split's record
+    of its source shows (and the next run rebuilds all three from the cache anyway)."""
     from ..splits import dump_original_format, make_split, save_split
 
+    write_jsonl(cfg.triples_path, triples)
+    dump_original_format(triples, cfg.instruction_json_path)
     dd, info = make_split(triples, cfg.test_size, cfg.seed)
     info["source"] = str(cfg.triples_path)
     with atomic_folder(cfg.dataset_dir) as tmp:
         save_split(dd, info, tmp)
-    dump_original_format(triples, cfg.instruction_json_path)
-    write_jsonl(cfg.triples_path, triples)
     result.split, result.outputs_replaced = info, True
 
 
