@@ -322,7 +322,7 @@ def test_a_retry_after_of_an_hour_does_not_hang_the_stage(env, capsys):
         t0 = time.monotonic()
         res = run(cfg_for(env, srv, workers=2, max_wait_s=30))
         assert time.monotonic() - t0 < 20
-        assert srv.count() <= 3
+        assert srv.count() <= 2                          # only those in flight when the first 429 came
     assert len(res.pages_failed) == N_PAPERS * PAGES_PER_PAPER
     assert all("wait_too_long" in f["error"] for f in res.pages_failed)
     out = capsys.readouterr().out

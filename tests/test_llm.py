@@ -178,7 +178,7 @@ def test_a_retry_after_over_max_wait_s_is_not_obeyed(groq_env):
     assert elapsed < 5
     assert all(isinstance(r, LLMError) and r.kind == "wait_too_long" for r in results)
     assert "3600 s" in str(results[0]) and "max_wait_s=30" in str(results[0])
-    assert srv.count() <= 3      # the in-flight ones (a worker may have started one more); the rest not sent
+    assert srv.count() <= 2      # only the ones in flight when the first 429 came; the rest not sent
 
 
 @pytest.mark.parametrize("kind", ["groq", "openai"])

@@ -96,39 +96,41 @@ def iter_completions(backend: Backend, jobs: Iterable[tuple[Any, Messages]], *, 
                      **params: Any) -> Iterator[tuple[Any, Completion | LLMError]]:
     """Yield (key, Completion or LLMError) as requests finish. Remote backends run `workers` requests at
     once under the limiter; batching backends (local models) run `batch_size` prompts per forward pass.
-    A FATAL error (bad key, unknown model) is raised after in-flight requests settle. A wait_too_long error
-    stops sending: each request not yet started is yielded as a wait_too_long error too (nothing raised)."""
+    An error that stops the run (a bad key or model; a Retry-After over max_wait_s) stops sending at once:
+    each request not yet sent is yielded as an error of the same kind ("not sent: ..."), and a FATAL one is
+    raised after in-flight requests settle."""
     if getattr(backend, "batch_size", 1) > 1:
         yield from _iter_batched(backend, jobs, **params)
         return
+    stopped: list[LLMError] = []          # the first error that stops the run, seen by every worker at once
+
+    def one(messages: Messages) -> Completion:
+        if stopped:
+            raise LLMError(stopped[0].kind, f"not sent: {stopped[0]}", stopped[0].status, stopped[0].retry_after, 0)
+        try:
+            return complete_with_retries(backend, messages, limiter=limiter, policy=policy, **params)
+        except LLMError as e:
+            if e.stops_run and not stopped:
+                stopped.append(e)
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="llm") as pool:
         # everything is queued at once so workers never wait on the consumer (which fsyncs each reply)
-        running = {pool.submit(complete_with_retries, backend, messages, limiter=limiter, policy=policy,
-                               **params): key for key, messages in jobs}
-        stop: LLMError | None = None
+        running = {pool.submit(one, messages): key for key, messages in jobs}
         try:
             while running:
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
                     key = running.pop(fut)
-                    if fut.cancelled():
-                        if stop is not None and not stop.fatal:
-                            yield key, LLMError(stop.kind, f"not sent: {stop}", stop.status, stop.retry_after, 0)
-                        continue
                     try:
-                        result: Completion | LLMError = fut.result()
+                        yield key, fut.result()
                     except LLMError as e:
-                        result = e
-                        if e.stops_run and stop is None:
-                            stop = e
-                            for other in running:     # stop what has not started; in-flight ones settle
-                                other.cancel()
-                    yield key, result
+                        yield key, e
         finally:
             for other in running:
                 other.cancel()
-        if stop is not None and stop.fatal:
-            raise stop
+        if stopped and stopped[0].fatal:
+            raise stopped[0]
 
 
 def _iter_batched(backend, jobs, **params) -> Iterator[tuple[Any, Completion | LLMError]]:
