@@ -39,7 +39,7 @@ _LEADING_MARKUP = re.compile(r"^(?:\s*(?:\*\*|__)\s*)+")
 
 
 @dataclass
-class ParseResult:
+class ParsedReply:
     """Triples found in one reply, and why there are none (`reason`) or why some were rejected (`dropped`)."""
 
     triples: list[dict] = field(default_factory=list)
@@ -102,9 +102,9 @@ def _no_triple_reason(text: str) -> str:
     return "no_triples"
 
 
-def parse_reply(text: str) -> ParseResult:
+def parse_reply(text: str) -> ParsedReply:
     """The triples in a free-text reply (the original's "Triple N: Instruction/Input/Output" format)."""
-    result = ParseResult()
+    result = ParsedReply()
     for block in _blocks(text or ""):
         f = {k: clean_field(v) for k, v in _fields(block).items()}
         instruction, inp, output = f.get("instruction", ""), f.get("input", ""), f.get("output", "")
@@ -136,10 +136,10 @@ def _strip_code_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-def parse_json_reply(text: str) -> ParseResult:
+def parse_json_reply(text: str) -> ParsedReply:
     """A JSON-mode reply: {"triples": [{"instruction", "input", "output"}, ...]} (a bare list, capitalised
     keys and a ```json fence are accepted); anything else is counted as invalid_json / bad_schema."""
-    result = ParseResult()
+    result = ParsedReply()
     if not (text or "").strip():
         result.reason = "empty_reply"
         return result
@@ -254,4 +254,4 @@ class QualityFilter:
         return True
 
 
-__all__ = ["ParseResult", "parse_reply", "parse_json_reply", "clean_field", "is_placeholder", "QualityFilter"]
+__all__ = ["ParsedReply", "parse_reply", "parse_json_reply", "clean_field", "is_placeholder", "QualityFilter"]
