@@ -214,8 +214,8 @@ def load_platform_secrets(names: Iterable[str] = SECRET_NAMES, platform: str | N
         return {}
     try:
         get = _colab_secret_getter() if platform == "colab" else _kaggle_secret_getter()
-    except ImportError:
-        return {name: "not found" for name in names if not os.environ.get(name)}
+    except Exception:  # the platform's client is missing or cannot start: nothing to copy
+        return {name: "already set" if os.environ.get(name) else "not found" for name in names}
     status = {}
     for name in names:
         if os.environ.get(name):
