@@ -177,7 +177,19 @@ def install_missing(project: Path, extras: Iterable[str] = HOSTED_EXTRAS,
     if done.returncode != 0:
         raise RuntimeError(f"pip could not install {' '.join(missing)}:\n{(done.stderr or done.stdout)[-3000:]}")
     importlib.invalidate_caches()
+    now = installed_versions()
+    stale = stale_imports(n for n, v in installed.items() if now.get(n, v) != v)
+    if stale:
+        print(f"upgraded after this kernel imported {', '.join(stale)}: restart the session (Colab: Runtime > "
+              f"Restart session) and run the notebook again", flush=True)
     return missing
+
+
+def stale_imports(changed: Iterable[str]) -> list[str]:
+    """Modules this kernel already imported from the given distributions: their new version needs a restart."""
+    wanted = {normalize(n) for n in changed}
+    return sorted(module for module, dists in importlib.metadata.packages_distributions().items()
+                  if module in sys.modules and wanted & {normalize(d) for d in dists})
 
 
 def install_embedded_model(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> bool:

@@ -171,6 +171,12 @@ def test_torch_is_never_installed_even_when_missing_or_old():
         hosted.install_missing(PROJECT_ROOT, installed=colab_like(torch="2.4.0"), run=FakePip())
 
 
+def test_an_upgrade_of_something_already_imported_asks_for_a_restart():
+    assert "packaging" in sys.modules
+    assert hosted.stale_imports(["Packaging"]) == ["packaging"]
+    assert hosted.stale_imports(["no-such-distribution"]) == []
+
+
 # --- the notebooks' first cell --------------------------------------------------------------------------------------
 
 def first_cell(path: Path):
