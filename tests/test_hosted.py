@@ -30,7 +30,8 @@ COLAB_STACK = {"torch": "2.11.0+cu128", "nvidia-cublas-cu12": "12.8.4.1", "trito
 @pytest.mark.parametrize("environ, expected", [
     ({"COLAB_RELEASE_TAG": "release-colab_20260819"}, "colab"),
     ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"),
-    ({"HOME": "/root"}, "local"),
+    ({"NBUTILS_HOSTED": "1"}, "hosted"),
+    ({"HOME": "/root", "NBUTILS_HOSTED": "0"}, "local"),
 ])
 def test_detect_platform_from_the_runtime_variables(environ, expected):
     assert hosted.detect_platform(environ) == expected
@@ -175,6 +176,44 @@ def test_an_upgrade_of_something_already_imported_asks_for_a_restart():
     assert "packaging" in sys.modules
     assert hosted.stale_imports(["Packaging"]) == ["packaging"]
     assert hosted.stale_imports(["no-such-distribution"]) == []
+
+
+@pytest.fixture
+def project_needing(tmp_path, monkeypatch):
+    """A project whose only requirement is not installed here, and an environment of no hosted platform."""
+    for name in ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE", "NBUTILS_HOSTED",
+                 "NBUTILS_HOME", "PYTHONPATH", *hosted.SECRET_NAMES):
+        monkeypatch.delenv(name, raising=False)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "proj"\ndependencies = ["no-such-package-xyz>=1"]\n'
+                                            '[project.optional-dependencies]\ndemo = []\ngpu = []\n')
+    return project
+
+
+def test_a_local_python_is_never_changed(project_needing):
+    pip = FakePip()
+    with pytest.raises(RuntimeError, match=r"lacks no-such-package-xyz>=1: install the project .*pip install -e"):
+        hosted.setup_hosted(project_needing, run=pip)
+    assert pip.calls == []
+
+
+def test_on_kaggle_it_installs_sets_the_path_and_loads_secrets(project_needing, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setenv("NBUTILS_HOME", str(tmp_path / "home"))      # a user's choice wins over /kaggle/working
+    for name, module in fake_kaggle_modules({"HF_TOKEN": "hf_secret_value"}).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    pip = FakePip(0)
+
+    hosted.setup_hosted(project_needing, run=pip)
+
+    (cmd, held), = pip.calls                    # the demo model is installed in this venv already
+    assert "no-such-package-xyz>=1" in cmd and "torch==" + hosted.installed_versions()["torch"] in held
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(project_needing)
+    assert os.environ["NBUTILS_HOME"] == str(tmp_path / "home") and os.environ["HF_TOKEN"] == "hf_secret_value"
+    out = capsys.readouterr().out
+    assert "(kaggle; 1 requirement(s) installed)" in out and "HF_TOKEN set" in out
+    assert "hf_secret_value" not in out
 
 
 # --- the notebooks' first cell --------------------------------------------------------------------------------------
