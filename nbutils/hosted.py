@@ -2,7 +2,8 @@
 torch / CUDA / Jupyter / IPython stack, where data goes, and the platform's secrets into the environment.
 
 The notebooks' first cell puts the project on sys.path and calls `setup_hosted(project)`; it runs only where
-`nbutils` was not importable, so local installs, papermill runs and `make demo` never get here.
+`nbutils` was not importable, so local installs, papermill runs and `make demo` never get here. It installs only
+on Colab, Kaggle or where NBUTILS_HOSTED=1: a local interpreter is never changed.
 Imports only the standard library at module level (and `packaging`, which every runtime has, inside functions).
 """
 from __future__ import annotations
