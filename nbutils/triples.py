@@ -34,8 +34,8 @@ _PLACEHOLDER = re.compile(r"^\s*(?:[\[<{(]\s*(?:the\s+)?(?:instruction|input|out
 _EMPTY_INPUT = re.compile(r"^\s*(?:n/?a|none|null|no input|\(none\)|\(empty\)|-+|\[\s*\]|\"\"|'')\s*\.?\s*$",
                           re.IGNORECASE)
 _QUOTES = [('"', '"'), ("“", "”"), ("'", "'"), ("‘", "’"), ("«", "»")]
-_TRAILING_MARKUP = re.compile(r"(?:\s*(?:\*\*|__|---+|\*\*\*+|===+|#+)\s*)+$")
-_LEADING_MARKUP = re.compile(r"^(?:\s*(?:\*\*|__)\s*)+")
+_TRAILING_MARKUP = re.compile(r"(?:\s*(?:---+|\*\*\*+|===+|#+)\s*)+$")
+_BOLD = ("**", "__")
 
 
 @dataclass
@@ -51,8 +51,15 @@ def clean_field(value: str) -> str:
     """Strip surrounding whitespace, markup left by bold labels or separators, and wrapping quotes.
     Inner lines, indentation of code and fenced blocks are kept as they are."""
     v = value.strip("\n").rstrip()
-    v = _TRAILING_MARKUP.sub("", v)
-    v = _LEADING_MARKUP.sub("", v).strip()
+    while True:  # separators at the end, and bold markers left without their pair (`**Bold** start` stays)
+        before = v
+        v = _TRAILING_MARKUP.sub("", v).strip()
+        if v.startswith(_BOLD) and v.count(v[:2]) % 2:
+            v = v[2:].strip()
+        if v.endswith(_BOLD) and v.count(v[-2:]) % 2:
+            v = v[:-2].strip()
+        if v == before:
+            break
     for _ in range(2):   # `"'x'"` -> x
         for a, b in _QUOTES:
             if len(v) >= 2 and v.startswith(a) and v.endswith(b) and a not in v[1:-1] and b not in v[1:-1]:
