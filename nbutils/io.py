@@ -1,4 +1,4 @@
-"""The data_dir contract (PIPELINE.md) and small durable file helpers shared by every stage."""
+"""The data_dir contract (docs/pipeline.md) and small durable file helpers shared by every stage."""
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +30,7 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Every file name of PIPELINE.md under one data_dir, defined once."""
+    """Every file name of docs/pipeline.md under one data_dir, defined once."""
 
     root: Path
 
@@ -44,10 +44,13 @@ class DataPaths:
     parse_report = property(lambda self: self.root / "parse_report.json")
     triples = property(lambda self: self.root / "triples.jsonl")
     instruction_json = property(lambda self: self.root / "arxiv_instruction_dataset.json")
+    generate_report = property(lambda self: self.root / "generate_report.json")
     dataset = property(lambda self: self.root / "dataset")
     models = property(lambda self: self.root / "models")
     base_models = property(lambda self: self.root / "models" / "base")
     adapter = property(lambda self: self.root / "models" / "adapter")
+    checkpoints = property(lambda self: self.root / "models" / "checkpoints")
+    merged = property(lambda self: self.root / "models" / "merged")
     reports = property(lambda self: self.root / "reports")
     cache = property(lambda self: self.root / "cache")
     runs = property(lambda self: self.root / "runs")

@@ -1,5 +1,5 @@
 """House rules for every stage notebook: a plain-literal parameters cell first, data_dir/profile, no outputs,
-no secrets, and the PIPELINE.md parameter names."""
+no secrets, and the parameter names of docs/pipeline.md."""
 import ast
 import re
 
@@ -9,7 +9,7 @@ import pytest
 from nbutils.runner import discover_notebooks
 
 NOTEBOOKS = discover_notebooks()
-REQUIRED = {  # PIPELINE.md: names every run relies on
+REQUIRED = {  # docs/pipeline.md: names every run relies on
     "01_scrape": {"search_url", "backend", "max_papers", "delay_s"},
     "02_parse": set(),
     "03_generate": {"backend", "model", "base_url", "max_pages"},
@@ -20,13 +20,13 @@ SECRET = re.compile(r"gsk_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20
 
 
 def parameters_cell(nb):
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code, "no code cells"
-    return code[0]
+    tagged = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{len(tagged)} cells tagged parameters"
+    return tagged[0]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_first_code_cell_is_tagged_parameters_of_plain_literals(path):
+def test_parameters_cell_holds_plain_literals(path):
     cell = parameters_cell(nbformat.read(str(path), as_version=4))
     assert "parameters" in cell.metadata.get("tags", [])
     values = {}
@@ -35,7 +35,7 @@ def test_first_code_cell_is_tagged_parameters_of_plain_literals(path):
         values[stmt.targets[0].id] = ast.literal_eval(stmt.value)  # raises on anything but a literal
     assert values.get("data_dir") == "data" and values.get("profile") == "demo"
     missing = REQUIRED.get(path.stem, set()) - set(values)
-    assert not missing, f"{path.name} lacks PIPELINE.md parameters {sorted(missing)}"
+    assert not missing, f"{path.name} lacks docs/pipeline.md parameters {sorted(missing)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -91,3 +91,42 @@ def test_cli_exit_codes(toy_series, tmp_path, monkeypatch):
                               for d in runner.run_pipeline.__defaults__))
     assert cli.main(["run", "--data-dir", str(tmp_path), "--only", "01"]) == 0
     assert cli.main(["run", "--data-dir", str(tmp_path), "-p", "nope", "1"]) == 2
+
+
+@pytest.fixture
+def stage_named_series(tmp_path):
+    """Toy notebooks named like the real stages, so the runner types their values by the stage configs."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    make_notebook(nbdir / "01_scrape.ipynb", marker("01"),
+                  params='data_dir = "data"\nprofile = "demo"\nmax_papers = None\n')
+    make_notebook(nbdir / "04_finetune.ipynb", marker("04"),
+                  params='data_dir = "data"\nprofile = "demo"\nlearning_rate = None\nmax_steps = None\n')
+    return nbdir
+
+
+@pytest.mark.parametrize("key,text,msg", [
+    ("learning_rate", "2e-3x", "04_finetune: learning_rate='2e-3x': expected float"),
+    ("max_steps", "abc", "04_finetune: max_steps='abc': expected int"),
+    ("max_papers", "abc", "01_scrape: max_papers='abc': expected int"),
+])
+def test_a_mistyped_value_stops_the_run_before_any_stage(stage_named_series, tmp_path, key, text, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(")):
+        run_pipeline(data_dir=tmp_path, params={key: parse_value(text)}, raw={key: text},
+                     notebooks_dir=stage_named_series)
+    assert not list(tmp_path.glob("*.done")) and not (tmp_path / "runs").exists()
+
+
+def test_values_reach_the_stage_typed_by_its_config(stage_named_series, tmp_path):
+    make_notebook(stage_named_series / "04_finetune.ipynb",
+                  "import pathlib\npathlib.Path(data_dir, 'lr').write_text(repr(learning_rate))",
+                  params='data_dir = "data"\nprofile = "demo"\nlearning_rate = None\n')
+    run_pipeline(data_dir=tmp_path, params={"learning_rate": 1}, raw={"learning_rate": "1"}, only=["04"],
+                 notebooks_dir=stage_named_series)
+    assert (tmp_path / "lr").read_text() == "1.0"  # a float, as FinetuneConfig declares
+
+
+@pytest.mark.parametrize("key", ["data_dir", "profile", "04.data_dir"])
+def test_runner_owned_parameters_cannot_be_overridden_with_p(stage_named_series, tmp_path, key):
+    with pytest.raises(ValueError, match=f"-p {key}: .* is the runner's own; use --"):
+        run_pipeline(data_dir=tmp_path, params={key: "/elsewhere"}, notebooks_dir=stage_named_series)
