@@ -233,6 +233,7 @@ def check_end_to_end(d: Path, params: dict) -> None:
     assert all(r["scores"]["base"]["new_tokens"] <= 8 for r in rows)
     report = (reports / "report.md").read_text()
     assert "| ROUGE-L F1 |" in report and "Largest gains" in report
+    assert "(plain engine)" in report and first.report["generation"]["engine"]["path"] == "plain"   # CPU: plain
 
     table = first.table()
     assert list(table["metric"][:3]) == ["ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"]
@@ -241,16 +242,16 @@ def check_end_to_end(d: Path, params: dict) -> None:
 
     # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
     # (the notebook's path: the model is loaded in its own cell and passed in)
-    from nbutils.evaluate import generation
+    from nbutils.generation.engine import Session
 
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
-    real = generation.generate_batch
-    generation.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = Session.generate
+    Session.generate = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         ev.run(cfg, model=model, tok=tok, verbose=False)
     finally:
-        generation.generate_batch = real
+        Session.generate = real
     assert calls == []
     assert (reports / "predictions.jsonl").read_text() == preds1
 

@@ -38,7 +38,9 @@ class EvalConfig(StageConfig):
     top_p: float = option(0.5, "used only when do_sample (the original's value)")
     seed: int = option(42, "sampling and bootstrap seed")
     load_in_4bit: bool | None = option(None, "None: 4-bit only on a CUDA GPU with < 40 GiB; bf16 otherwise")
-    static_cache: bool = option(False, "generate(cache_implementation='static') (GPU; measure first)")
+    static_cache: bool = option(False, "plain path only: generate(cache_implementation='static')")
+    engine: str = option("auto", "generation engine: auto (static KV cache + CUDA graphs, adapter merged, on a GPU; "
+                         "plain HF generate on CPU), plain or static", choices=("auto", "plain", "static"))
     n_bootstrap: int = option(10000, "bootstrap resamples")
     confidence: float = option(0.95, "confidence level of the bootstrap intervals")
     n_show: int = option(3, "best and worst examples shown in report.md")

@@ -66,6 +66,8 @@ def show_examples(reports_dir: str | Path, n_show: int = 3) -> str:
 def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str:
     g = result["generation"]
     how = "greedy" if not g["do_sample"] else f"sampled (T={g['temperature']}, top_p={g['top_p']}, seed={g['seed']})"
+    eng = g.get("engine") or {}
+    how += f" ({eng['path']} engine{', compiled' if eng.get('compiled') else ''})" if eng else ""
     b = result["bootstrap"]
     parts = [
         "# 05 evaluate: base vs tuned",

@@ -24,6 +24,8 @@ from nbutils.templates import build_prompt
 from .bootstrap import paired_bootstrap
 from .config import EvalConfig
 from .data import load_eval_examples, resolve_template
+from nbutils.generation import EngineSettings, GenerationEngine
+
 from .generation import GenParams, PredictionCache, encode_prompts, generate_answers
 from .judge import judge_metrics, judge_pairwise
 from .metrics import METRIC_LABELS, ROUGE_TYPES, bleu_stats, build_specs, rouge_scores, sentence_bleu, word_count
@@ -77,10 +79,13 @@ class EvalResult(StageResult):
                 + (f" ({seconds} s)." if seconds is not None else "."))
 
 
-def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool) -> str:
-    """Names one prediction cache: the weights, adapter on/off, template, generation and prompt settings."""
+def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool,
+            engine_key: str = "") -> str:
+    """Names one prediction cache: the weights, adapter on/off, template, generation and prompt settings, and the
+    engine settings that change answers (none for the plain path, so older caches stay valid)."""
     return sha256_text(json.dumps(fingerprint, sort_keys=True), variant, template, gen.key(),
-                       f"4bit={four_bit}", f"max_prompt_tokens={cfg.max_prompt_tokens}")[:20]
+                       f"4bit={four_bit}", f"max_prompt_tokens={cfg.max_prompt_tokens}",
+                       *([engine_key] if engine_key else []))[:20]
 
 
 def gen_params(cfg: EvalConfig) -> GenParams:
@@ -88,29 +93,28 @@ def gen_params(cfg: EvalConfig) -> GenParams:
                      top_p=cfg.top_p, seed=cfg.seed, static_cache=cfg.static_cache)
 
 
-def answer_and_score(cfg: EvalConfig, model, tok, prompts: list[str], refs: list[str], cache_key) -> tuple[dict, dict]:
-    """Per variant (base = adapter off, tuned = adapter on): generated answers and reference NLLs."""
+def answer_and_score(cfg: EvalConfig, model, tok, prompts: list[str], refs: list[str],
+                     cache_key) -> tuple[dict, dict, dict]:
+    """Per variant (base = adapter off, tuned = adapter on): generated answers and reference NLLs, through one
+    engine session for both passes (nbutils.generation); and what the engine ran."""
     gen = gen_params(cfg)
     nll_bs = cfg.nll_batch_size or cfg.batch_size
     answers, nll = {}, {}
-    for variant in ("base", "tuned"):
-        cache_path = Path(cfg.cache_dir) / "eval" / f"{variant}-{cache_key(variant, gen)}.jsonl"
-        cache = PredictionCache(cache_path if cfg.resume else None)
-        if not cfg.resume:
-            cache_path.unlink(missing_ok=True)
-            cache.path = cache_path
-        if variant == "base":
-            with model.disable_adapter():
+    lengths = [len(x) for x in encode_prompts(tok, prompts, cfg.max_prompt_tokens)[0]]
+    engine = GenerationEngine(model, tok, EngineSettings(path=cfg.engine))
+    with engine.session(gen, lengths, cfg.batch_size) as session:
+        for variant in ("base", "tuned"):
+            cache_path = Path(cfg.cache_dir) / "eval" / f"{variant}-{cache_key(variant, gen, session.key())}.jsonl"
+            cache = PredictionCache(cache_path if cfg.resume else None)
+            if not cfg.resume:
+                cache_path.unlink(missing_ok=True)
+                cache.path = cache_path
+            with session.adapter(variant == "tuned"):
                 answers[variant] = generate_answers(model, tok, prompts, gen, cfg.batch_size, cfg.max_prompt_tokens,
-                                                    cache, desc="base answers")
+                                                    cache, desc=f"{variant} answers", session=session)
                 nll[variant] = reference_nll(model, tok, prompts, refs, nll_bs, cfg.max_prompt_tokens,
-                                             cfg.max_reference_tokens, desc="base reference NLL")
-        else:
-            answers[variant] = generate_answers(model, tok, prompts, gen, cfg.batch_size, cfg.max_prompt_tokens,
-                                                cache, desc="tuned answers")
-            nll[variant] = reference_nll(model, tok, prompts, refs, nll_bs, cfg.max_prompt_tokens,
-                                         cfg.max_reference_tokens, desc="tuned reference NLL")
-    return answers, nll
+                                             cfg.max_reference_tokens, desc=f"{variant} reference NLL")
+        return answers, nll, session.describe()
 
 
 def judge(cfg: EvalConfig, rows: list[dict], refs: list[str], answers: dict) -> list[dict] | None:
@@ -183,10 +187,11 @@ def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResu
     if n_cut:
         print(f"note: {n_cut} prompt(s) longer than max_prompt_tokens={cfg.max_prompt_tokens} keep their last tokens")
     t1 = time.time()
-    answers, nll = answer_and_score(cfg, model, tok, prompts, refs,
-                                    lambda variant, gen: run_key(cfg, fp, variant, template, gen, four_bit))
+    answers, nll, engine = answer_and_score(cfg, model, tok, prompts, refs, lambda variant, gen, engine_key:
+                                            run_key(cfg, fp, variant, template, gen, four_bit, engine_key))
     t_gen = time.time() - t1
     result, per_example = score(cfg, rows, prompts, refs, answers, nll, template, judge(cfg, rows, refs, answers))
+    result["generation"]["engine"] = engine
     result["runtime"] = {"device": pick_device(), "base_4bit": four_bit, "seconds_total": round(time.time() - t0, 1),
                          "seconds_generate_and_nll": round(t_gen, 1),
                          "generated_tokens": int(sum(a["n_new_tokens"] for v in answers.values() for a in v)),
