@@ -3,6 +3,7 @@ server with a fixed latency that enforces a requests-per-minute limit (429 + Ret
 
     .venv/bin/python benchmarks/bench_generate.py                 # ~1.5 minutes
     .venv/bin/python benchmarks/bench_generate.py --pages 600 --rpm 1200 --baseline-pages 40
+    python benchmarks/bench_generate.py --local data/models/base/SmolLM2-135M-Instruct --pages 128   # GPU, issue 14
 
 Measures, in one run: the baseline's seconds per page (the original's loop: one `groq` request after the
 other, three regexes; run on a sample of `--baseline-pages` pages, since its time is linear in pages), the
@@ -67,7 +68,20 @@ def main() -> None:
     ap.add_argument("--baseline-pages", type=int, default=20)
     ap.add_argument("--workers", type=int, default=0, help="0: enough to keep rate x latency requests in flight")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--local", metavar="MODEL_FOLDER", help="instead: the local backend (a GPU), HF generate "
+                    "(engine=plain) vs the generation engine (engine=auto) on --pages demo-corpus pages, batch "
+                    "--local-batch (benchmarks/bench_generation_real.py run_local)")
+    ap.add_argument("--local-batch", type=int, default=64)
     args = ap.parse_args()
+    if args.local:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_generation_real import run_local
+
+        figures = {k: v for k, v in run_local(args.local, args.pages, args.local_batch).items() if "texts" not in k}
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return
     os.environ.setdefault("GROQ_API_KEY", "gsk_benchmark_not_a_real_key")
     os.environ.pop("GROQ_BASE_URL", None)
     workers = args.workers or math.ceil(args.rpm / 60 * args.latency * 1.5) + 2
