@@ -812,10 +812,14 @@ def run_unsloth_case(case: Case, args) -> dict:
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, env=env, timeout=args.unsloth_timeout, capture_output=True, text=True)
-        tail = (proc.stdout + proc.stderr)[-args.unsloth_log_chars:]
+        text = proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
-        tail = f"timed out after {args.unsloth_timeout} s: " + str(e.stdout or "")[-2000:]
-    log(f"[{case.name}] Unsloth process output (last {args.unsloth_log_chars} chars):\n{tail}")
+        text = f"timed out after {args.unsloth_timeout} s: " + str(e.stdout or "")
+    # Unsloth's own report of what it patched (its banner, "Unsloth: ..." lines), then the end of the output
+    said = [ln for ln in text.splitlines() if ("Unsloth" in ln or "==((" in ln or "O^O" in ln)
+            and "examples/s" not in ln][:40]
+    tail = text[-args.unsloth_log_chars:]
+    log(f"[{case.name}] Unsloth said:\n" + "\n".join(said) + f"\n[{case.name}] end of its output:\n{tail}")
     if out.exists():
         res = json.loads(out.read_text())
     else:

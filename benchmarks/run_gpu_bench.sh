@@ -27,8 +27,7 @@ for phase in "$@"; do
     for t in site unsloth_site; do
       [ -f /tmp/$t/.unpacked ] || { mkdir -p /tmp/$t && tar -xzf "${SITES:-.whl/issue15}/$t.tgz" -C /tmp/$t && touch /tmp/$t/.unpacked; } || exit 1
     done
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-    $PY -c "import torch,transformers,peft,accelerate,trl,bitsandbytes;print('torch',torch.__version__,'cuda',torch.version.cuda,'transformers',transformers.__version__,'peft',peft.__version__,'accelerate',accelerate.__version__,'trl',trl.__version__,'bnb',bitsandbytes.__version__)" | tee -a "$OUT/gpu.txt"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"   # versions: in the JSON
     ;;
   model)
     [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
@@ -43,7 +42,7 @@ for phase in "$@"; do
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" --trace-dir "$FINAL" \
       --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} --unsloth-site /tmp/unsloth_site \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
-      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  "
+      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  |nsloth"
     ;;
   bf16)  # plain LoRA on a bf16 base (no bitsandbytes), for comparison with the 4-bit cases of `train`
     CUDA_VISIBLE_DEVICES=0 timeout ${BF16_TIMEOUT:-200} $PY $B train --model $L3 --json "$OUT/train_bf16.json" --bf16-base \
