@@ -40,7 +40,7 @@ for phase in "$@"; do
     ;;
   train)
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" --trace-dir "$FINAL" \
-      --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} --unsloth-site /tmp/unsloth_site \
+      --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} --warmup ${WARMUP:-1} --unsloth-site /tmp/unsloth_site \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
       2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  |nsloth"
     ;;
