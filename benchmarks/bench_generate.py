@@ -23,10 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]     # the fake server is test code: it lives in tests/
 
-from nbutils.fake_llm_server import FakeLLMServer  # noqa: E402
-from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run_generate  # noqa: E402
+from fake_llm_server import FakeLLMServer  # noqa: E402
+from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run  # noqa: E402
 from nbutils.io import write_jsonl  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def main() -> None:
             cfg = GenerateConfig.from_params(profile="full", data_dir=str(data_dir), base_url=srv.url, model=model,
                                              rpm=args.rpm, tpm=0, workers=workers)
             t0 = time.monotonic()
-            res = run_generate(cfg)
+            res = run(cfg)
             ours_s = time.monotonic() - t0
             util = srv.utilisation()
             n429, n200 = srv.count(429), srv.count(200)
@@ -100,7 +101,7 @@ def main() -> None:
             achieved_rpm = (len(ts) - 1) / (ts[-1] - ts[0]) * 60 if len(ts) > 1 else 0.0
             calls_before = srv.count()
             t1 = time.monotonic()
-            res2 = run_generate(cfg)
+            res2 = run(cfg)
             rerun_s = time.monotonic() - t1
             rerun_calls = srv.count() - calls_before
         out.update(ours_s=round(ours_s, 2), speedup=round(per_page * args.pages / ours_s, 1),

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_corpus import make_corpus  # noqa: E402
 
 from nbutils.io import read_jsonl  # noqa: E402
-from nbutils.parse import ParseConfig, parse_pdfs  # noqa: E402
+from nbutils.parse import ParseConfig, run  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -56,12 +56,12 @@ def ours(pdf_dir: Path, loader: str, workers: int) -> tuple[dict[str, list[str]]
     with tempfile.TemporaryDirectory(prefix="bench_parse_") as tmp:
         (Path(tmp) / "pdfs").symlink_to(pdf_dir, target_is_directory=True)
         cfg = ParseConfig.from_params(profile="full", data_dir=tmp, loader=loader, workers=workers)
-        report = parse_pdfs(cfg, progress=False)
+        result = run(cfg, progress=False)
         texts: dict[str, list[str]] = {}
         for r in read_jsonl(cfg.pages_path):
             texts.setdefault(r["paper_id"], []).append(r["text"])
-    pages = sum(f.get("pages_total", 0) for f in report["files"].values())
-    return texts, pages, report["summary"]
+    pages = sum(f.get("pages_total", 0) for f in result.files.values())
+    return texts, pages, result.totals
 
 
 def score(texts: dict[str, list[str]], truth: dict[str, dict]) -> dict[str, float]:

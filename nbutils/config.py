@@ -182,7 +182,6 @@ class StageConfig:
     """Base of every stage's configuration: profile, data_dir, typed values and path resolution."""
 
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {}
-    PROFILE_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}  # transitional: stages move to PROFILE_OVERRIDES
     PATH_FIELDS: ClassVar[dict[str, str]] = {}
 
     profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU",
@@ -227,7 +226,7 @@ class StageConfig:
     @classmethod
     def overrides(cls, profile: str) -> dict[str, Any]:
         """What `profile` changes from the field defaults."""
-        return dict((cls.PROFILE_OVERRIDES or cls.PROFILE_DEFAULTS).get(profile, {}))
+        return dict(cls.PROFILE_OVERRIDES.get(profile, {}))
 
     @classmethod
     def from_params(cls, profile: str = "demo", **params: Any):

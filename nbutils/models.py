@@ -138,7 +138,9 @@ def dtype_override():
 
 
 def pick_dtype(device: str | None = None):
-    """bf16 on GPUs that support it, fp16 on older ones (T4), fp32 on CPU; NBUTILS_DTYPE overrides all three."""
+    """bf16 on GPUs that support it natively (Ampere+), fp16 on older ones (T4), fp32 on CPU; NBUTILS_DTYPE
+    overrides all three. torch's plain is_bf16_supported() also says True where bf16 is only emulated (a T4 can
+    create bf16 tensors), which bf16 AMP and bitsandbytes' bf16 compute cannot use: ask for native support."""
     import torch
 
     forced = dtype_override()
@@ -146,7 +148,7 @@ def pick_dtype(device: str | None = None):
         return forced
     device = device or pick_device()
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 
@@ -173,7 +175,7 @@ def pick_attn_implementation(device: str | None = None, allow_varlen: bool = Fal
     if device == "cuda":
         import torch
 
-        from .attention import VARLEN, kernel_usable
+        from .kernels.attention import VARLEN, kernel_usable
 
         major, _ = torch.cuda.get_device_capability()
         if major >= 8 and flash_attn_available():
@@ -208,7 +210,7 @@ def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, l
     dtype = dtype or pick_dtype(device)
     attn = attn_implementation or pick_attn_implementation(device)
     if attn == "sdpa_varlen":
-        from .attention import register
+        from .kernels.attention import register
 
         register()
     extra: dict = {}

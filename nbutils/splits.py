@@ -2,20 +2,28 @@
 
 Columns: instruction, input, output, paper_id, page. Split by paper when provenance exists (no paper in
 both splits); otherwise (an original-format JSON dropped into an empty data_dir) by row, seeded, and the
-split's `info.json` says which.
+split's `split_info.json` says which. It also records the sha256 of the file the split was made from: when
+that file changes, the split is remade (and the message says why). Rows without the expected keys are
+skipped with a message naming the keys found and expected; fields of the original project's JSON get the
+cleaning 03 applies to LLM replies (wrapping quotes, trailing `**`), and the split's info counts them.
 """
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from .io import DataPaths, read_json, read_jsonl, write_json
+from .io import DataPaths, atomic_folder, read_json, read_jsonl, sha256_file, write_json
+from .triples import clean_field
 
 COLUMNS = ("instruction", "input", "output", "paper_id", "page")
 SPLIT_INFO = "split_info.json"
+TEXT_FIELDS = ("instruction", "input", "output")
+REQUIRED_FIELDS = ("instruction", "output")   # "input" may be absent (an empty context)
+EXPECTED_KEYS = ("'Instruction', 'Input', 'Output' (the original project's JSON) or 'instruction', 'input', "
+                 "'output' (triples.jsonl)")
+MAX_ROW_MESSAGES = 5
 
 
 def normalise_record(r: dict) -> dict:
@@ -74,40 +82,142 @@ def make_split(records: Iterable[dict], test_size: float = 0.2, seed: int = 42):
 
 
 def save_split(dd, info: dict, dataset_dir: str | Path) -> Path:
+    """Publish the split in one go (a killed run leaves the old split or none, never half of one). When
+    `info` names its source file, the file's sha256 is recorded too (load_split remakes the split when it
+    changes)."""
     dataset_dir = Path(dataset_dir)
-    dd.save_to_disk(str(dataset_dir))
-    write_json(dataset_dir / SPLIT_INFO, info)
+    source = Path(info["source"]) if info.get("source") else None
+    if source is not None and "source_sha256" not in info and source.is_file():
+        info = {**info, "source_sha256": sha256_file(source)}
+    with atomic_folder(dataset_dir) as tmp:
+        dd.save_to_disk(str(tmp))
+        write_json(tmp / SPLIT_INFO, info)
     return dataset_dir
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def find_source(paths: DataPaths) -> Path | None:
+    """What a split is made from: triples.jsonl (03's output, by paper), else the original-format JSON."""
+    for p in (paths.triples, paths.instruction_json):
+        if p.exists():
+            return p
+    return None
+
+
+def has_field(r: dict, name: str) -> bool:
+    return name in r or name.capitalize() in r
+
+
+def keep_rows_with_keys(records: list[Any], source: Path, verbose: bool = True) -> tuple[list[dict], int]:
+    """The rows holding an instruction and an output under either format's keys. The others are skipped with
+    a message naming the row and the keys it has; when no row has them, a ValueError names the keys found
+    and the keys expected (instead of a split of empty strings)."""
+    kept, bad = [], []
+    for i, r in enumerate(records):
+        if isinstance(r, dict) and all(has_field(r, k) for k in REQUIRED_FIELDS):
+            kept.append(r)
+        else:
+            bad.append((i, sorted(r) if isinstance(r, dict) else type(r).__name__))
+    if not kept and bad:
+        found = sorted({k for _, keys in bad if isinstance(keys, list) for k in keys})
+        raise ValueError(f"{source}: no row has the expected keys: found {found or 'no objects'}, expected "
+                         f"{EXPECTED_KEYS}")
+    if bad and verbose:
+        for i, keys in bad[:MAX_ROW_MESSAGES]:
+            print(f"{source.name}: row {i} skipped: keys {keys} found, expected {EXPECTED_KEYS}")
+        if len(bad) > MAX_ROW_MESSAGES:
+            print(f"{source.name}: ... and {len(bad) - MAX_ROW_MESSAGES} more rows without those keys")
+    return kept, len(bad)
+
+
+def clean_original_fields(records: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The original project's rows with 03's reply cleaning (nbutils.triples.clean_field) applied to every
+    instruction/input/output, and how many fields of each it changed."""
+    changed = {k: 0 for k in TEXT_FIELDS}
+    out = []
+    for r in records:
+        row = normalise_record(r)
+        for k in TEXT_FIELDS:
+            cleaned = clean_field(row[k])
+            if cleaned != row[k]:
+                changed[k] += 1
+                row[k] = cleaned
+        out.append(row)
+    return out, changed
+
+
+def read_source(source: Path, verbose: bool = True) -> tuple[list[dict], dict]:
+    """The rows of `source` ready to split, and what reading them did (rows skipped, fields cleaned)."""
+    if source.suffix == ".jsonl":
+        records: Any = list(read_jsonl(source))
+    else:
+        records = read_json(source)
+        if not isinstance(records, list):
+            found = f"an object with keys {sorted(records)}" if isinstance(records, dict) else type(records).__name__
+            raise ValueError(f"{source}: expected a JSON list of {{'Instruction','Input','Output'}} objects, "
+                             f"found {found}")
+    rows, n_bad = keep_rows_with_keys(records, source, verbose)
+    notes: dict[str, Any] = {"rows_skipped_bad_keys": n_bad}
+    if source.suffix != ".jsonl":
+        rows, changed = clean_original_fields(rows)
+        notes["fields_cleaned"] = changed
+        if verbose and sum(changed.values()):
+            print(f"{source.name}: cleaned {sum(changed.values())} of {len(rows) * len(TEXT_FIELDS)} fields "
+                  f"(wrapping quotes, trailing markup; as 03 cleans LLM replies): "
+                  + ", ".join(f"{k} {n}" for k, n in changed.items()))
+    return rows, notes
+
+
+def stale_reason(info: dict, source: Path | None) -> str | None:
+    """Why a frozen split must be remade from `source` (None: it is current, or there is nothing to remake
+    it from)."""
+    if source is None:
+        return None
+    recorded = info.get("source_sha256")
+    if not recorded:
+        return f"its {SPLIT_INFO} records no source hash (made by an older version)"
+    current = sha256_file(source)
+    if current == recorded:
+        return None
+    made_from = Path(str(info.get("source") or "?")).name
+    what = f"{source.name} changed" if made_from == source.name else \
+        f"it was made from {made_from} and {source.name} is now the source"
+    return f"{what} since it was made (sha256 {recorded[:12]} -> {current[:12]})"
 
 
 def load_split(data_dir: str | Path = "data", dataset_dir: str | Path | None = None,
                test_size: float = 0.2, seed: int = 42, verbose: bool = True):
-    """The frozen split: `dataset/` if present; else made (and saved) from triples.jsonl (by paper) or from
-    the original-format arxiv_instruction_dataset.json (by row). Raises a clear error when none exists."""
+    """The frozen split: `dataset/` if present and made from the current source; else made (and saved) from
+    triples.jsonl (by paper) or from the original-format arxiv_instruction_dataset.json (by row). A remade split
+    keeps the seed and test_size it was made with. Raises a clear error when there is nothing to split."""
     from datasets import load_from_disk
 
     paths = DataPaths(data_dir)
     dataset_dir = Path(dataset_dir) if dataset_dir else paths.dataset
+    source = find_source(paths)
     if (dataset_dir / "dataset_dict.json").exists():
-        dd = load_from_disk(str(dataset_dir))
-        if verbose:
-            info = read_json(dataset_dir / SPLIT_INFO) if (dataset_dir / SPLIT_INFO).exists() else {}
-            print(f"split from {dataset_dir}: {len(dd['train'])} train / {len(dd['test'])} test "
-                  f"({info.get('method', 'unknown method')})")
-        return dd
-    if paths.triples.exists():
-        source, records = paths.triples, list(read_jsonl(paths.triples))
-    elif paths.instruction_json.exists():
-        source, records = paths.instruction_json, read_json(paths.instruction_json)
-        if not isinstance(records, list):
-            raise ValueError(f"{source}: expected a JSON list of {{'Instruction','Input','Output'}} objects")
-    else:
+        info = read_json(dataset_dir / SPLIT_INFO) if (dataset_dir / SPLIT_INFO).exists() else {}
+        why = stale_reason(info, source)
+        if why is None:
+            dd = load_from_disk(str(dataset_dir))
+            if verbose:
+                print(f"split from {dataset_dir}: {len(dd['train'])} train / {len(dd['test'])} test "
+                      f"({info.get('method', 'unknown method')})")
+            return dd
+        print(f"remaking the split in {dataset_dir}: {why}")
+        test_size, seed = info.get("test_size", test_size), info.get("seed", seed)
+    if source is None:
         raise FileNotFoundError(
             f"no dataset in {paths.root}: expected {dataset_dir}/, {paths.triples.name} or "
             f"{paths.instruction_json.name} (run notebooks/03_generate.ipynb first, or drop the original "
             f"project's JSON there)")
+    records, notes = read_source(source, verbose)
+    if not records:
+        kept = f"; {dataset_dir} is left as it was" if (dataset_dir / "dataset_dict.json").exists() else ""
+        raise ValueError(f"{source} has no rows to split{kept} (rerun notebooks/03_generate.ipynb, or restore "
+                         f"the file)")
     dd, info = make_split(records, test_size, seed)
-    info["source"] = str(source)
+    info.update(source=str(source), source_sha256=sha256_file(source), **notes)
     save_split(dd, info, dataset_dir)
     if verbose:
         print(f"made split from {source.name}: {info['n_train']} train / {info['n_test']} test ({info['method']}, "
@@ -122,4 +232,4 @@ def dump_original_format(records: Iterable[dict], path: str | Path) -> Path:
 
 
 __all__ = ["load_split", "make_split", "save_split", "split_by_paper", "split_by_row", "dump_original_format",
-           "normalise_record", "json"]
+           "normalise_record", "read_source", "clean_original_fields", "stale_reason"]

@@ -34,12 +34,12 @@ _PLACEHOLDER = re.compile(r"^\s*(?:[\[<{(]\s*(?:the\s+)?(?:instruction|input|out
 _EMPTY_INPUT = re.compile(r"^\s*(?:n/?a|none|null|no input|\(none\)|\(empty\)|-+|\[\s*\]|\"\"|'')\s*\.?\s*$",
                           re.IGNORECASE)
 _QUOTES = [('"', '"'), ("“", "”"), ("'", "'"), ("‘", "’"), ("«", "»")]
-_TRAILING_MARKUP = re.compile(r"(?:\s*(?:\*\*|__|---+|\*\*\*+|===+|#+)\s*)+$")
-_LEADING_MARKUP = re.compile(r"^(?:\s*(?:\*\*|__)\s*)+")
+_TRAILING_MARKUP = re.compile(r"(?:\s*(?:---+|\*\*\*+|===+|#+)\s*)+$")
+_BOLD = ("**", "__")
 
 
 @dataclass
-class ParseResult:
+class ParsedReply:
     """Triples found in one reply, and why there are none (`reason`) or why some were rejected (`dropped`)."""
 
     triples: list[dict] = field(default_factory=list)
@@ -51,8 +51,15 @@ def clean_field(value: str) -> str:
     """Strip surrounding whitespace, markup left by bold labels or separators, and wrapping quotes.
     Inner lines, indentation of code and fenced blocks are kept as they are."""
     v = value.strip("\n").rstrip()
-    v = _TRAILING_MARKUP.sub("", v)
-    v = _LEADING_MARKUP.sub("", v).strip()
+    while True:  # separators at the end, and bold markers left without their pair (`**Bold** start` stays)
+        before = v
+        v = _TRAILING_MARKUP.sub("", v).strip()
+        if v.startswith(_BOLD) and v.count(v[:2]) % 2:
+            v = v[2:].strip()
+        if v.endswith(_BOLD) and v.count(v[-2:]) % 2:
+            v = v[:-2].strip()
+        if v == before:
+            break
     for _ in range(2):   # `"'x'"` -> x
         for a, b in _QUOTES:
             if len(v) >= 2 and v.startswith(a) and v.endswith(b) and a not in v[1:-1] and b not in v[1:-1]:
@@ -102,9 +109,9 @@ def _no_triple_reason(text: str) -> str:
     return "no_triples"
 
 
-def parse_reply(text: str) -> ParseResult:
+def parse_reply(text: str) -> ParsedReply:
     """The triples in a free-text reply (the original's "Triple N: Instruction/Input/Output" format)."""
-    result = ParseResult()
+    result = ParsedReply()
     for block in _blocks(text or ""):
         f = {k: clean_field(v) for k, v in _fields(block).items()}
         instruction, inp, output = f.get("instruction", ""), f.get("input", ""), f.get("output", "")
@@ -136,10 +143,10 @@ def _strip_code_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-def parse_json_reply(text: str) -> ParseResult:
+def parse_json_reply(text: str) -> ParsedReply:
     """A JSON-mode reply: {"triples": [{"instruction", "input", "output"}, ...]} (a bare list, capitalised
     keys and a ```json fence are accepted); anything else is counted as invalid_json / bad_schema."""
-    result = ParseResult()
+    result = ParsedReply()
     if not (text or "").strip():
         result.reason = "empty_reply"
         return result
@@ -254,4 +261,4 @@ class QualityFilter:
         return True
 
 
-__all__ = ["ParseResult", "parse_reply", "parse_json_reply", "clean_field", "is_placeholder", "QualityFilter"]
+__all__ = ["ParsedReply", "parse_reply", "parse_json_reply", "clean_field", "is_placeholder", "QualityFilter"]

@@ -11,8 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("SE_OFFLINE", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Triton kernels (nbutils.fused_lora_triton) run in Triton's interpreter on CPU tensors in the tests; set before any
-# kernel is defined. Production code on CPU never calls them (nbutils.fused_lora.ALLOW_CPU_INTERPRETER).
+# Triton kernels (nbutils.kernels.fused_lora_triton) run in Triton's interpreter on CPU tensors in the tests; set before any
+# kernel is defined. Production code on CPU never calls them (nbutils.kernels.fused_lora.ALLOW_CPU_INTERPRETER).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from nbutils.io import PROJECT_ROOT  # noqa: E402

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbutils import attention, models
-from nbutils.attention import VARLEN
+from nbutils import models
+from nbutils.kernels import attention
+from nbutils.kernels.attention import VARLEN
 
 
 def tiny_llama(seed: int = 0):

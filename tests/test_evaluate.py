@@ -11,6 +11,28 @@ import pytest
 from nbutils import evaluate as ev
 
 
+# ---------------------------------------------------------------- configuration
+def test_eval_config_field_defaults_are_the_full_recipe_and_demo_overrides_them():
+    full, demo = ev.EvalConfig(), ev.EvalConfig.from_params(profile="demo")
+    assert full.profile == "full" and full.base_model == "meta-llama/Meta-Llama-3-8B"
+    assert (full.max_new_tokens, full.batch_size, full.n_bootstrap, full.max_prompt_tokens) == (512, 64, 10000, 2048)
+    assert ev.EvalConfig.from_params(profile="full").to_dict() == full.to_dict()
+    assert demo.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (demo.max_examples, demo.max_new_tokens, demo.batch_size, demo.n_bootstrap, demo.max_prompt_tokens) == (
+        12, 40, 12, 1000, 1024)
+
+
+def test_print_config_parses_values_by_type_and_refuses_a_bad_one(capsys):
+    from nbutils.config import stage_main
+
+    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--do_sample", "True", "--max_new_tokens", "7",
+                                              "--load_in_4bit", "none"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["do_sample"], cfg["max_new_tokens"], cfg["load_in_4bit"], cfg["profile"]) == (True, 7, None, "demo")
+    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--judge_backend", "grok"]) == 2
+    assert "judge_backend='grok'" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- metrics by hand
 def test_shipped_rouge_module_loads_offline_and_matches_hand_computed_values():
     import evaluate as hf_evaluate
@@ -193,16 +215,18 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
 
 
 def check_end_to_end(d: Path, params: dict) -> None:
-    first = ev.run(str(d), "demo", verbose=False, **params)   # the notebook's path, loading the model itself
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    first = ev.run(cfg, verbose=False)   # loading the model itself (the CLI's path)
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
         assert (reports / name).stat().st_size > 0, name
     preds1 = (reports / "predictions.jsonl").read_text()
     rows = [json.loads(x) for x in preds1.splitlines()]
-    assert len(rows) == 3 and first["n_examples"] == 3
+    assert len(rows) == 3 and first.report["n_examples"] == 3
+    assert json.loads((reports / "metrics.json").read_text()) == json.loads(json.dumps(first.report, default=str))
     assert all({"prompt", "reference", "base", "tuned", "scores"} <= set(r) for r in rows)
     assert rows[0]["prompt"].startswith("Below is an instruction") and "### Response:" in rows[0]["prompt"]
-    m = first["metrics"]
+    m = first.metrics
     assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu", "ref_nll", "ref_perplexity", "answer_words"}
     # the adapter really is switched off for the base model and on for the tuned one
     assert m["ref_nll"]["base"] != pytest.approx(m["ref_nll"]["tuned"], abs=1e-6)
@@ -210,30 +234,48 @@ def check_end_to_end(d: Path, params: dict) -> None:
     report = (reports / "report.md").read_text()
     assert "| ROUGE-L F1 |" in report and "Largest gains" in report
 
+    table = first.table()
+    assert list(table["metric"][:3]) == ["ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"]
+    assert {"base", "tuned", "delta", "delta_ci_low", "delta_ci_high", "tuned_better"} <= set(table.columns)
+    assert "3 test examples" in first.summary() and "ROUGE-L F1" in first.summary()
+
     # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    # (the notebook's path: the model is loaded in its own cell and passed in)
+    from nbutils.evaluate import generation
+
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
-    real = ev.generate_batch
-    ev.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = generation.generate_batch
+    generation.generate_batch = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
-        ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
+        ev.run(cfg, model=model, tok=tok, verbose=False)
     finally:
-        ev.generate_batch = real
+        generation.generate_batch = real
     assert calls == []
     assert (reports / "predictions.jsonl").read_text() == preds1
 
     # determinism: regenerate everything from scratch -> identical files
     cfg.resume = False
-    second = ev.evaluate_models(cfg, model=model, tok=tok, verbose=False)
+    second = ev.run(cfg, model=model, tok=tok, verbose=False)
     assert (reports / "predictions.jsonl").read_text() == preds1
-    assert second["metrics"] == first["metrics"]
+    assert second.metrics == first.metrics
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
     with pytest.raises(FileNotFoundError, match="04_finetune"):
-        ev.run(str(tmp_path), "demo", verbose=False)
+        ev.run(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)
+
+
+def test_references_from_the_original_json_come_without_its_wrapping_quotes_and_trailing_markup(tmp_path, capsys):
+    rows = [{"Instruction": f'"What is claim {i}?"', "Input": "", "Output": f'"Claim {i} holds."\n\n**'}
+            for i in range(10)]
+    (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
+    examples = ev.load_eval_examples(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)))
+    assert "cleaned 20 of 30 fields" in capsys.readouterr().out
+    numbers = [e["instruction"].split()[-1].rstrip("?") for e in examples]
+    assert [e["output"] for e in examples] == [f"Claim {n} holds." for n in numbers]
+    assert all(not e["instruction"].startswith('"') for e in examples)
 
 
 # ---------------------------------------------------------------- LLM-as-judge through nbutils.llm backends
@@ -282,3 +324,65 @@ def test_parse_verdict():
     assert ev.parse_verdict("Answer A is better.") == "A"
     assert ev.parse_verdict("tie") == "TIE"
     assert ev.parse_verdict("neither") is None
+
+
+# ---------------------------------------------------------------- the adapter must fit the named base (issue 17, 9)
+def tiny_llama(folder: Path, hidden: int) -> Path:
+    """A one-layer random Llama saved as a Hugging Face folder (a stand-in base model, no tokenizer needed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_adapter(base_dir: Path, out: Path, recorded_base: str | None = None) -> Path:
+    """A LoRA adapter trained (= initialised) on `base_dir`, with 04's train_log.json naming its base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(out)
+    name = recorded_base or str(base_dir)
+    (out / "train_log.json").write_text(json.dumps({"base_model": name, "base_model_path": str(base_dir),
+                                                    "config": {"template": "alpaca"}}))
+    return out
+
+
+def test_an_adapter_trained_on_another_base_is_refused_naming_both(tmp_path):
+    trained = tiny_llama(tmp_path / "org" / "tiny-base", 32)
+    other = tiny_llama(tmp_path / "other" / "tiny-instruct", 32)   # same shapes: PEFT alone would load it
+    adapter = tiny_adapter(trained, tmp_path / "adapter")
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(other),
+                                    adapter_dir=str(adapter))
+    with pytest.raises(ev.AdapterBaseMismatch, match="was trained on") as e:
+        ev.load_model_with_adapter(cfg, verbose=False)
+    assert str(trained) in str(e.value) and str(other) in str(e.value)
+    # the same base under another name (a hub id vs its local copy, a moved data_dir) is accepted
+    cfg.base_model = str(trained)
+    model, _ = load_without_tokenizer(cfg)
+    assert model.active_adapter == "default"
+
+
+def test_an_adapter_whose_shapes_do_not_fit_gets_a_clear_message_not_a_size_mismatch_dump(tmp_path):
+    trained = tiny_llama(tmp_path / "a" / "tiny", 32)
+    wider = tiny_llama(tmp_path / "b" / "tiny", 48)          # same folder name, other shapes
+    adapter = tiny_adapter(trained, tmp_path / "adapter")
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(wider),
+                                    adapter_dir=str(adapter))
+    with pytest.raises(ev.AdapterBaseMismatch, match="does not fit base_model") as e:
+        load_without_tokenizer(cfg)
+    msg = str(e.value)
+    assert str(wider) in msg and str(trained) in msg and msg.count("size mismatch") <= 1
+
+
+def load_without_tokenizer(cfg):
+    """load_model_with_adapter for the tiny bases, which ship no tokenizer (the check happens before it)."""
+    from unittest import mock
+
+    with mock.patch("nbutils.evaluate.model.load_tokenizer_for_eval", return_value=None):
+        return ev.load_model_with_adapter(cfg, verbose=False)

@@ -1,14 +1,24 @@
 """Stage 04 on CPU with the embedded SmolLM2: masking/EOS/pad, truncation, packing isolation, NaN/OOM errors,
-the original-format JSON, loss falling, and resume after a kill at the right step with the same data order."""
+the original-format JSON, the command line, loss falling, and resume after a kill at the right step with the same
+data order (the runtime's choices: test_finetune_runtime.py; typos and changed configs: test_finetune_resume.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from nbutils import finetune as ft
+from transformers import TrainerCallback
+
+from nbutils.finetune import FinetuneConfig, callbacks, data, launch, resume, runtime
+from nbutils.finetune import train as tr
+from nbutils.config import config_from_argv
+from nbutils.finetune.__main__ import main
+from nbutils.io import PROJECT_ROOT
 
 TOPICS = ["graph neural networks", "diffusion models", "protein folding", "quantum error correction",
           "sparse attention", "federated learning", "speech recognition", "reinforcement learning",
@@ -35,13 +45,22 @@ def data_dir(data_dir_with_model) -> Path:
     return data_dir_with_model
 
 
-def tiny_cfg(data_dir: Path, **kw) -> ft.FinetuneConfig:
+def tiny_cfg(data_dir: Path, **kw) -> FinetuneConfig:
     """The demo profile shrunk so that one step takes well under a second on 2 cores."""
     params = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, max_length=128, per_device_train_batch_size=2,
                   per_device_eval_batch_size=4, max_eval_samples=4, logging_steps=1, eval_steps=100,
                   save_steps=100, warmup_steps=0)
     params.update(kw)
-    return ft.FinetuneConfig.from_params(profile="demo", data_dir=str(data_dir), **params)
+    return FinetuneConfig.from_params(profile="demo", data_dir=str(data_dir), **params)
+
+
+def full_cfg(tmp_path, **kw) -> FinetuneConfig:
+    return FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), **kw)
+
+
+# The original project's recipe, spelled with the stage's knobs (README, bench_finetune_gpu.py's "original").
+ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
+                       attn_implementation="sdpa", packing=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +73,7 @@ def tokenizer(embedded_model_path):
 # ------------------------------------------------------------------------------------------------ fast
 def test_original_format_json_is_accepted(data_dir, tokenizer):
     cfg = tiny_cfg(data_dir, max_eval_samples=None)
-    train, test, info = ft.load_training_data(cfg, tokenizer, verbose=False)
+    train, test, info = data.load_training_data(cfg, tokenizer, verbose=False)
     assert info["n_train"] + info["n_eval"] == 30 and info["n_eval"] == 6
     row = train[0]
     assert row["prompt"].endswith("### Response:\n") and "### Instruction:" in row["prompt"]
@@ -65,7 +84,7 @@ def test_original_format_json_is_accepted(data_dir, tokenizer):
 def test_rows_without_answer_are_skipped_with_a_message(data_dir_with_model, tokenizer, capsys):
     rows = [{"Instruction": f"q{i}", "Input": "", "Output": "" if i == 3 else f"a{i}"} for i in range(10)]
     (data_dir_with_model / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
-    train, test, info = ft.load_training_data(tiny_cfg(data_dir_with_model), tokenizer, verbose=False)
+    train, test, info = data.load_training_data(tiny_cfg(data_dir_with_model), tokenizer, verbose=False)
     assert info["skipped_empty"] == 1 and len(train) + len(test) == 9
     assert "empty instruction or output" in capsys.readouterr().out
 
@@ -73,200 +92,55 @@ def test_rows_without_answer_are_skipped_with_a_message(data_dir_with_model, tok
 def test_pad_token_is_distinct_from_eos(tokenizer):
     tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     assert tok.pad_token_id == tok.eos_token_id  # SmolLM2 ships pad = eos, like the original project
-    note = ft.choose_pad_token(tok)
+    note = data.choose_pad_token(tok)
     assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id, note
     assert len(tok) == len(tokenizer)  # no new token, no embedding resize
 
 
 def test_truncation_is_counted(data_dir, tokenizer):
-    train, _, _ = ft.load_training_data(tiny_cfg(data_dir), tokenizer, verbose=False)
-    lengths = ft.token_lengths(train, tokenizer)
+    train, _, _ = data.load_training_data(tiny_cfg(data_dir), tokenizer, verbose=False)
+    lengths = data.token_lengths(train, tokenizer)
     cut = sorted(f for _, f in lengths)[len(lengths) // 2]
-    rep = ft.truncation_report(train, tokenizer, cut, "train")
+    rep = data.truncation_report(train, tokenizer, cut, "train")
     assert rep["truncated"] == sum(f > cut for _, f in lengths) > 0
-    assert rep["answer_lost"] == 0 and "truncated at max_length" in ft.describe_truncation(rep)
+    assert rep["answer_lost"] == 0 and "truncated at max_length" in data.describe_truncation(rep)
     shortest_prompt = min(p for p, _ in lengths)
-    rep = ft.truncation_report(train, tokenizer, shortest_prompt, "train")
-    assert rep["answer_lost"] >= 1 and "dropped" in ft.describe_truncation(rep)
+    rep = data.truncation_report(train, tokenizer, shortest_prompt, "train")
+    assert rep["answer_lost"] >= 1 and "dropped" in data.describe_truncation(rep)
 
 
 def test_nonfinite_loss_stops_with_a_clear_error():
-    cb = ft.StopOnNonFiniteLoss()
+    cb = callbacks.StopOnNonFiniteLoss()
     state = type("S", (), {"global_step": 7})()
     cb.on_log(None, state, None, logs={"loss": 1.5, "learning_rate": 2e-4})  # fine
-    with pytest.raises(ft.NonFiniteLossError, match="step 7.*learning_rate"):
+    with pytest.raises(callbacks.NonFiniteLossError, match="step 7.*learning_rate"):
         cb.on_log(None, state, None, logs={"loss": float("nan"), "learning_rate": 2e-4})
-    with pytest.raises(ft.NonFiniteLossError):
+    with pytest.raises(callbacks.NonFiniteLossError):
         cb.on_log(None, state, None, logs={"eval_loss": float("inf")})
 
 
 def test_out_of_memory_names_the_knobs(tmp_path):
-    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), load_in_4bit=False,
-                                        gradient_checkpointing=False)
-    rt = ft.Runtime(device="cuda", dtype="bfloat16", attn_implementation="sdpa", load_in_4bit=False,
+    cfg = FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), load_in_4bit=False,
+                                     gradient_checkpointing=False)
+    rt = runtime.Runtime(device="cuda", dtype="bfloat16", attn_implementation="sdpa", load_in_4bit=False,
                     optim="paged_adamw_8bit", bf16=True, fp16=False, packing=True, padding_free=True, world_size=1)
 
     class OOMTrainer:
         def train(self, resume_from_checkpoint=None):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    with pytest.raises(ft.FinetuneOOMError) as e:
-        ft.run_training(OOMTrainer(), cfg, rt, None)
+    with pytest.raises(tr.FinetuneOOMError) as e:
+        tr.run_training(OOMTrainer(), cfg, rt, None)
     msg = str(e.value)
     for knob in ("per_device_train_batch_size=4 -> 2", "max_length=2048 -> 1024", "gradient_checkpointing=True",
                  "load_in_4bit=True"):
         assert knob in msg
 
 
-def test_cpu_runtime_falls_back_and_says_so(tmp_path):
-    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path))
-    rt = ft.resolve_runtime(cfg, device="cpu")
-    assert (rt.load_in_4bit, rt.optim, rt.bf16, rt.fp16, rt.dtype) == (False, "adamw_torch", False, False, "float32")
-    assert any("4-bit" in n for n in rt.notes) and any("adamw_torch" in n for n in rt.notes)
-    assert (rt.attn_implementation, rt.packing, rt.use_liger_kernel, rt.gradient_checkpointing) == \
-        ("sdpa", False, False, True)  # CPU: lean, as before the memory modes
-    demo = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="demo", data_dir=str(tmp_path)), device="cpu")
-    assert (demo.attn_implementation, demo.optim, demo.gradient_checkpointing, demo.packing, demo.use_liger_kernel,
-            demo.upcast_non_quantized) == ("sdpa", "adamw_torch", False, False, False, False)
-
-
-# The original project's recipe, spelled with the stage's knobs (README, bench_finetune_gpu.py's "original").
-ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
-                       attn_implementation="sdpa", packing=False)
-
-
-def fake_cuda(monkeypatch, gib: float = 79.1, liger: bool = True, flash: bool = False):
-    """resolve_runtime(device="cuda") on this CPU machine: an Ampere+ GPU with `gib` GiB, bf16, no flash-attn."""
-    from nbutils import attention, models
-
-    monkeypatch.setenv("NBUTILS_DTYPE", "bfloat16")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
-    monkeypatch.setattr(models, "flash_attn_available", lambda: flash)
-    monkeypatch.setattr(attention, "kernel_usable", lambda *a: True)
-    monkeypatch.setattr(ft, "gpu_memory_gib", lambda: gib)
-    monkeypatch.setattr(ft, "liger_available", lambda: liger)
-
-
-def full_cfg(tmp_path, **kw) -> ft.FinetuneConfig:
-    return ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), **kw)
-
-
-def test_full_profile_on_a_big_gpu_takes_the_fast_recipe(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=79.1)
-    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
-    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("fast", False, "adamw_torch_fused")
-    assert (rt.attn_implementation, rt.packing, rt.padding_free) == ("sdpa_varlen", True, True)
-    assert (rt.use_liger_kernel, rt.upcast_non_quantized, rt.load_in_4bit, rt.bf16) == (True, False, True, True)
-    text = rt.describe()
-    assert "memory_mode=fast (auto: GPU has 79.1 GiB >= " in text
-    assert "optim=adamw_torch_fused (from memory_mode)" in text and "kept in bfloat16" in text
-
-
-def test_full_profile_on_a_smaller_gpu_is_lean(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=39.4)
-    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
-    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("lean", True, "paged_adamw_8bit")
-    assert rt.packing and rt.use_liger_kernel and "39.4 GiB < " in rt.describe()
-
-
-@pytest.mark.parametrize("triton,params,mode,why", [
-    (True, {}, "fast", "47.9 GiB >= 47 (LoRA dropout in Triton kernels)"),
-    (False, {}, "lean", "47.9 GiB < 70 (PEFT's LoRA dropout)"),
-    (True, {"fuse_lora": False}, "lean", "47.9 GiB < 70 (PEFT's LoRA dropout)"),
-    (False, {"lora_dropout": 0.0}, "fast", "47.9 GiB >= 47 (no LoRA dropout)")])
-def test_a_48gb_gpu_is_fast_only_where_the_dropout_keeps_no_copy(tmp_path, monkeypatch, triton, params, mode, why):
-    import nbutils.models as models
-
-    fake_cuda(monkeypatch, gib=47.9)
-    real = models.module_imports
-    monkeypatch.setattr(models, "module_imports", lambda name: triton if name == "triton" else real(name))
-    rt = ft.resolve_runtime(full_cfg(tmp_path, **params), device="cuda")
-    assert rt.memory_mode == mode and why in rt.describe()
-
-
-@pytest.mark.parametrize("gib,params,keep,why", [
-    (79.1, {}, True, "keep_base_weight=True (auto: GPU has 79.1 GiB >= 70)"),
-    (47.9, {}, False, "keep_base_weight=False (auto: GPU has 47.9 GiB < 70)"),
-    (79.1, {"memory_mode": "lean"}, False, "keep_base_weight=False (auto: gradient checkpointing)"),
-    (79.1, {"keep_base_weight": "False"}, False, "keep_base_weight=False (set)"),
-    (39.4, {"keep_base_weight": True}, True, "keep_base_weight=True (set)")])
-def test_dequantised_weights_are_kept_only_where_memory_allows(tmp_path, monkeypatch, gib, params, keep, why):
-    fake_cuda(monkeypatch, gib=gib)
-    rt = ft.resolve_runtime(full_cfg(tmp_path, **params), device="cuda")
-    assert rt.keep_base_weight is keep and why in rt.describe()
-    tip = "keep_base_weight=False (dequantises each 4-bit weight again"
-    assert (tip in ft.explain_oom(full_cfg(tmp_path, **params), rt)) is keep
-    assert not ft.resolve_runtime(full_cfg(tmp_path, **params), device="cpu").keep_base_weight
-
-
-def test_injected_knobs_win_over_the_memory_mode(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=79.1)
-    rt = ft.resolve_runtime(full_cfg(tmp_path, gradient_checkpointing=True, optim="paged_adamw_8bit"), device="cuda")
-    assert (rt.memory_mode, rt.gradient_checkpointing, rt.optim) == ("fast", True, "paged_adamw_8bit")
-    assert "gradient_checkpointing=True (set)" in rt.describe()
-    lean = ft.resolve_runtime(full_cfg(tmp_path, memory_mode="lean"), device="cuda")
-    assert (lean.gradient_checkpointing, lean.optim) == (True, "paged_adamw_8bit") and "(set)" in lean.memory_reason
-    with pytest.raises(ValueError, match="memory_mode"):
-        full_cfg(tmp_path, memory_mode="turbo")
-
-
-def test_original_recipe_is_reproducible_with_flags(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=79.1)
-    rt = ft.resolve_runtime(full_cfg(tmp_path, **ORIGINAL_RECIPE), device="cuda")
-    assert (rt.attn_implementation, rt.packing, rt.gradient_checkpointing, rt.optim, rt.use_liger_kernel,
-            rt.upcast_non_quantized, rt.load_in_4bit) == ("sdpa", False, True, "paged_adamw_8bit", False, True, True)
-    assert "upcast to fp32" in rt.describe()
-
-
-def test_liger_is_optional_and_cuda_only(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, liger=False)
-    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
-    assert rt.use_liger_kernel is False and any("pip install liger-kernel==0.8.5" in n for n in rt.notes)
-    with pytest.raises(ValueError, match="liger"):
-        ft.resolve_runtime(full_cfg(tmp_path, use_liger_kernel=True), device="cuda")
-    cpu = ft.resolve_runtime(full_cfg(tmp_path, use_liger_kernel="true"), device="cpu")
-    assert cpu.use_liger_kernel is False and any("needs CUDA" in n for n in cpu.notes)
-
-
-def test_packing_auto_without_flash_or_varlen_stays_off_on_gpu(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch)
-    from nbutils import attention
-
-    monkeypatch.setattr(attention, "kernel_usable", lambda *a: False)
-    rt = ft.resolve_runtime(full_cfg(tmp_path), device="cuda")
-    assert (rt.attn_implementation, rt.packing) == ("sdpa", False) and any("packing off" in n for n in rt.notes)
-    assert ft.packing_is_isolated("sdpa_varlen")
-
-
-def test_out_of_memory_in_fast_mode_suggests_lean(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=79.1)
-    cfg = full_cfg(tmp_path)
-    rt = ft.resolve_runtime(cfg, device="cuda")
-
-    class OOMTrainer:
-        def train(self, resume_from_checkpoint=None):
-            raise torch.OutOfMemoryError("CUDA out of memory")
-
-    with pytest.raises(ft.FinetuneOOMError, match='memory_mode="lean"'):
-        ft.run_training(OOMTrainer(), cfg, rt, None)
-
-
-def test_checkpoint_of_another_optimizer_is_not_resumed(tmp_path, monkeypatch):
-    rows = [{"prompt": "p", "completion": "c"}]
-    fake_cuda(monkeypatch, gib=79.1)
-    cfg = full_cfg(tmp_path)
-    fast = ft.run_fingerprint(cfg, rows, ft.resolve_runtime(cfg, device="cuda"))
-    monkeypatch.setattr(ft, "gpu_memory_gib", lambda: 39.4)
-    lean = ft.run_fingerprint(cfg, rows, ft.resolve_runtime(cfg, device="cuda"))
-    assert fast != lean  # adamw_torch_fused state cannot resume as paged 8-bit AdamW
-    same = full_cfg(tmp_path, memory_mode="lean")
-    assert ft.run_fingerprint(same, rows, ft.resolve_runtime(same, device="cuda")) == lean
-
-
 def test_sft_config_carries_the_resolved_knobs(tmp_path):
     cfg = full_cfg(tmp_path)
-    rt = ft.resolve_runtime(cfg, device="cpu")
-    args = ft.build_sft_config(cfg, rt, has_eval=False)
+    rt = runtime.resolve_runtime(cfg, device="cpu")
+    args = tr.build_sft_config(cfg, rt, has_eval=False)
     assert (args.gradient_checkpointing, args.use_liger_kernel, args.optim) == (True, False, "adamw_torch")
 
 
@@ -285,9 +159,9 @@ def test_4bit_path_keeps_non_quantised_weights_in_bf16_unless_asked(tmp_path):
     import dataclasses
 
     cfg = full_cfg(tmp_path)
-    base = ft.resolve_runtime(cfg, device="cpu")
+    base = runtime.resolve_runtime(cfg, device="cpu")
     lean = dataclasses.replace(base, load_in_4bit=True, gradient_checkpointing=True, upcast_non_quantized=False)
-    model = ft.prepare_model_for_training(tiny_llama(), cfg, lean)
+    model = tr.prepare_model_for_training(tiny_llama(), cfg, lean)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(p.requires_grad for p in model.parameters())
     assert model.is_gradient_checkpointing and model.config.use_cache is False
@@ -295,37 +169,35 @@ def test_4bit_path_keeps_non_quantised_weights_in_bf16_unless_asked(tmp_path):
     assert emb.requires_grad  # the first layers' LoRA weights get gradients through checkpointed blocks
     # the same model prepared again without checkpointing (the benchmark's shared base): hooks and checkpointing off
     fast = dataclasses.replace(lean, gradient_checkpointing=False)
-    model = ft.prepare_model_for_training(model, cfg, fast)
+    model = tr.prepare_model_for_training(model, cfg, fast)
     assert not model.is_gradient_checkpointing
     assert not model.get_input_embeddings()(torch.tensor([[1, 2, 3]])).requires_grad
     upcast = dataclasses.replace(lean, upcast_non_quantized=True)
-    model = ft.prepare_model_for_training(tiny_llama(), cfg, upcast)
+    model = tr.prepare_model_for_training(tiny_llama(), cfg, upcast)
     assert {p.dtype for p in model.parameters()} == {torch.float32} and model.is_gradient_checkpointing
 
 
-def test_packing_is_refused_without_sample_isolation(tmp_path):
-    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), attn_implementation="flex_attention",
-                                        packing=True)
-    rt = ft.resolve_runtime(cfg, device="cpu")
-    assert rt.packing is False and any("packing refused" in n for n in rt.notes)
-    auto = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path)), device="cpu")
-    assert auto.packing is False  # "auto" packs only with flash-attn's varlen kernels
-    forced = ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), packing=True),
-                                device="cpu")
-    assert forced.packing and forced.padding_free  # SDPA keeps packed samples apart (see the test below)
-    with pytest.raises(ValueError, match="cross-sample"):
-        ft.resolve_runtime(ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), packing=True,
-                                                         packing_strategy="wrapped"), device="cpu")
-
-
 def test_cli_flags_round_trip(tmp_path):
-    cfg = ft.FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), max_steps=10, lora_r=8,
-                                        lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4,
-                                        **ORIGINAL_RECIPE)
-    again = ft.parse_args(ft.cli_args(cfg))
-    assert again.to_dict() == cfg.to_dict()
-    cmd = " ".join(ft.launch_command(cfg))
+    cfg = FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), max_steps=10, lora_r=8,
+                                     lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4,
+                                     **ORIGINAL_RECIPE)
+    again, print_only = config_from_argv(FinetuneConfig, launch.cli_args(cfg), "test")
+    assert again.to_dict() == cfg.to_dict() and not print_only
+    cmd = " ".join(launch.launch_command(cfg))
     assert "accelerate.commands.launch --multi_gpu" in cmd and "-m nbutils.finetune" in cmd
+
+
+def test_command_line_types_its_values_and_prints_the_config(tmp_path, capsys):
+    assert main(["--profile", "full", "--data_dir", str(tmp_path), "--packing", "True", "--lora-r", "8",
+                 "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["packing"], printed["lora_r"], printed["profile"]) == (True, 8, "full")
+    assert printed["learning_rate"] == 2e-4
+    assert printed["checkpoint_dir"] == str(tmp_path / "models" / "checkpoints") and not (tmp_path / "models").exists()
+    out = subprocess.run([sys.executable, "-m", "nbutils.finetune", "--print-config", "--profile", "full"],
+                         capture_output=True, text=True, check=True, cwd=PROJECT_ROOT,
+                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}).stdout
+    assert json.loads(out) == FinetuneConfig.from_params(profile="full").to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ with the model
@@ -337,14 +209,14 @@ def prepared(embedded_model_path, tmp_path_factory):
     (d / "models" / "base" / embedded_model_path.name).symlink_to(embedded_model_path, target_is_directory=True)
     write_original_json(d)
     cfg = tiny_cfg(d)
-    rt = ft.resolve_runtime(cfg, device="cpu")
+    rt = runtime.resolve_runtime(cfg, device="cpu")
     from nbutils.models import load_tokenizer
 
     tok = load_tokenizer(cfg.base_model, cfg.data_dir)
-    ft.choose_pad_token(tok)
-    train, test, _ = ft.load_training_data(cfg, tok, verbose=False)
-    model = ft.load_model_for_training(cfg, rt)
-    trainer = ft.build_trainer(cfg, rt, model, tok, train, test)
+    data.choose_pad_token(tok)
+    train, test, _ = data.load_training_data(cfg, tok, verbose=False)
+    model = tr.load_model_for_training(cfg, rt)
+    trainer = tr.build_trainer(cfg, rt, model, tok, train, test)
     return cfg, rt, tok, trainer
 
 
@@ -388,7 +260,7 @@ def test_packing_never_mixes_samples(prepared):
     model.train()
 
 
-class KillAt(ft._trainer_callback_base()):
+class KillAt(TrainerCallback):
     """Simulates the process dying right after `step` (before any later checkpoint)."""
 
     def __init__(self, step):
@@ -399,7 +271,7 @@ class KillAt(ft._trainer_callback_base()):
             raise KeyboardInterrupt(f"simulated kill after step {self.step}")
 
 
-class RecordBatches(ft._trainer_callback_base()):
+class RecordBatches(TrainerCallback):
     """Records (global_step, first tokens of each row) for every training forward pass."""
 
     def __init__(self):
@@ -418,8 +290,8 @@ class RecordBatches(ft._trainer_callback_base()):
 @pytest.mark.slow
 def test_loss_falls_and_adapter_loads_anywhere(data_dir, tmp_path):
     cfg = tiny_cfg(data_dir, max_steps=8, learning_rate=2e-3, eval_steps=8, merge=True)
-    log = ft.train(cfg, verbose=False)
-    s = log["summary"]
+    result = tr.train(cfg, verbose=False)
+    s = result.stats
     assert s["eval_loss_end"] < 0.8 * s["eval_loss_start"], s
     assert s["last_loss"] < s["first_loss"]
     out = Path(cfg.output_dir)
@@ -430,6 +302,9 @@ def test_loss_falls_and_adapter_loads_anywhere(data_dir, tmp_path):
     entry = next(e for e in saved["log"] if "loss" in e and e["step"] > 1)
     assert {"loss", "learning_rate", "tokens_per_s", "peak_rss_gib"} <= set(entry)
     assert saved["truncation"][0]["rows"] == 24 and saved["summary"]["truncated_rows"] >= 0
+    assert result.loss_plot == str(out / "loss.png") and result.rows() == saved["log"]
+    assert "Fine-tuned SmolLM2-135M-Instruct for 8 steps" in result.summary()
+    assert "train: 24 rows" in result.truncation_text() and list(result.table().columns)[:2] == ["step", "epoch"]
     # the base moved: the adapter still loads onto it and changes its output
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -447,21 +322,21 @@ def test_loss_falls_and_adapter_loads_anywhere(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_continues_at_the_right_step_with_the_same_data(data_dir, tmp_path):
+def test_resume_after_kill_continues_at_the_right_step_with_the_same_data(data_dir, tmp_path, capsys):
     reference = RecordBatches()
     ref_cfg = tiny_cfg(data_dir, max_steps=4, save_steps=2, checkpoint_dir=str(tmp_path / "ref_ckpt"),
                        output_dir=str(tmp_path / "ref_adapter"), max_eval_samples=2)
-    ft.train(ref_cfg, extra_callbacks=[reference], verbose=False)
+    tr.train(ref_cfg, extra_callbacks=[reference], verbose=False)
 
     cfg = tiny_cfg(data_dir, max_steps=4, save_steps=2, max_eval_samples=2)
     killed = RecordBatches()
     with pytest.raises(KeyboardInterrupt):
-        ft.train(cfg, extra_callbacks=[killed, KillAt(3)], verbose=False)
-    assert ft.last_checkpoint(cfg.checkpoint_dir).endswith("checkpoint-2")
+        tr.train(cfg, extra_callbacks=[killed, KillAt(3)], verbose=False)
+    assert resume.last_checkpoint(cfg.checkpoint_dir).endswith("checkpoint-2")
     assert not (Path(cfg.output_dir) / "adapter_config.json").exists()
 
     resumed = RecordBatches()
-    log = ft.train(cfg, extra_callbacks=[resumed], verbose=False)
+    log = tr.train(cfg, extra_callbacks=[resumed], verbose=False).log
     assert log["resumed_from"].endswith("checkpoint-2") and log["global_step"] == 4
     assert [s for s, _ in resumed.batches] == [3, 4]
     assert [e["step"] for e in log["log"] if "loss" in e] == [1, 2, 3, 4]  # the log of steps 1-2 survived the kill
@@ -469,18 +344,14 @@ def test_resume_after_kill_continues_at_the_right_step_with_the_same_data(data_d
     assert [b for _, b in resumed.batches] == [b for s, b in reference.batches if s >= 3]
     assert (Path(cfg.output_dir) / "adapter_config.json").exists()
 
-    # a different configuration never resumes someone else's checkpoint
+    # a different configuration never resumes someone else's checkpoints, and never deletes them
+    capsys.readouterr()
     other = tiny_cfg(data_dir, max_steps=2, save_steps=2, lora_r=8, max_eval_samples=2)
-    assert ft.decide_resume(other, "another-fingerprint") is None
-    with pytest.raises(FileNotFoundError):
-        ft.decide_resume(tiny_cfg(data_dir, resume=True), "x")
+    log = tr.train(other, verbose=False).log
+    aside = Path(log["checkpoints_set_aside"])
+    assert log["resumed_from"] is None and log["global_step"] == 2
+    assert aside.name.startswith("checkpoints.old-") and (aside / "checkpoint-4").is_dir()
+    out = capsys.readouterr().out
+    assert f"moved to {aside}" in out and "lora_r 4 -> 8" in out
+    assert resume.last_checkpoint(cfg.checkpoint_dir).endswith("checkpoint-2")  # the new run's own
 
-
-def test_out_of_memory_message_names_the_knobs_that_free_memory(tmp_path, monkeypatch):
-    fake_cuda(monkeypatch, gib=79.1)
-    cfg = full_cfg(tmp_path, fuse_lora=False)
-    msg = ft.explain_oom(cfg, ft.resolve_runtime(cfg, device="cuda"))
-    assert "per_device_train_batch_size=4 -> 2" in msg and 'memory_mode="lean"' in msg
-    assert "fuse_lora=True" in msg and "lora_r=64 -> 16" in msg
-    cfg = full_cfg(tmp_path)
-    assert "fuse_lora" not in ft.explain_oom(cfg, ft.resolve_runtime(cfg, device="cuda"))

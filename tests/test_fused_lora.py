@@ -4,7 +4,7 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from nbutils.fused_lora import fuse_lora_layers, fused_layer_count, unfuse_lora_layers  # noqa: E402
+from nbutils.kernels.fused_lora import fuse_lora_layers, fused_layer_count, unfuse_lora_layers  # noqa: E402
 
 
 class Block(torch.nn.Module):
@@ -105,7 +105,7 @@ def test_variants_fall_back_to_peft(monkeypatch):
         ref = model(x)
     fuse_lora_layers(model)
     calls = []
-    import nbutils.fused_lora as fl
+    import nbutils.kernels.fused_lora as fl
 
     original = fl._plain_adapter
     monkeypatch.setattr(fl, "_plain_adapter", lambda *a: calls.append(original(*a)) or calls[-1])

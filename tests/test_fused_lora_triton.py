@@ -5,8 +5,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 peft = pytest.importorskip("peft")
 
-import nbutils.fused_lora as fl  # noqa: E402
-from nbutils import fused_lora_triton as kernels  # noqa: E402
+import nbutils.kernels.fused_lora as fl  # noqa: E402
+from nbutils.kernels import fused_lora_triton as kernels  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRET, reason="needs TRITON_INTERPRET=1 (set in conftest)")
 

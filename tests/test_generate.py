@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nbutils.fake_llm_server import FakeLLMServer
-from nbutils.generate import (BUILTIN_PROMPTS, GenerateConfig, load_cache, load_prompt, run_generate,
-                              select_pages)
+from fake_llm_server import FakeLLMServer
+from nbutils.generate import BUILTIN_PROMPTS, GenerateConfig, load_cache, load_prompt, run, select_pages
 from nbutils.io import PROJECT_ROOT, read_json, read_jsonl, write_jsonl
 
 N_PAPERS, PAGES_PER_PAPER = 5, 4
@@ -44,7 +43,7 @@ def cfg_for(data_dir, srv, **kw):
 
 def test_outputs_follow_the_contract_and_split_by_paper(env):
     with FakeLLMServer() as srv:
-        res = run_generate(cfg_for(env, srv, test_size=0.4, prices={"llama-3.3-70b-versatile": (1.0, 2.0)}))
+        res = run(cfg_for(env, srv, test_size=0.4, prices={"llama-3.3-70b-versatile": (1.0, 2.0)}))
     triples = list(read_jsonl(env / "triples.jsonl"))
     assert len(triples) == N_PAPERS * PAGES_PER_PAPER * 3 == res.triples_kept
     assert set(triples[0]) >= {"paper_id", "page", "chunk", "instruction", "input", "output", "model",
@@ -69,10 +68,10 @@ def test_outputs_follow_the_contract_and_split_by_paper(env):
 def test_rerun_reparses_from_cache_with_zero_calls(env):
     with FakeLLMServer() as srv:
         cfg = cfg_for(env, srv)
-        run_generate(cfg)
+        run(cfg)
         first = (env / "triples.jsonl").read_bytes()
         calls = srv.count()
-        res = run_generate(cfg)
+        res = run(cfg)
         assert srv.count() == calls
     assert res.calls == 0 and res.pages_cached == N_PAPERS * PAGES_PER_PAPER
     assert (env / "triples.jsonl").read_bytes() == first
@@ -81,22 +80,22 @@ def test_rerun_reparses_from_cache_with_zero_calls(env):
 def test_rerun_needs_no_key_when_everything_is_cached(env, monkeypatch):
     with FakeLLMServer() as srv:
         cfg = cfg_for(env, srv)
-        run_generate(cfg)
+        run(cfg)
     monkeypatch.delenv("GROQ_API_KEY")
-    assert run_generate(cfg).triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
+    assert run(cfg).triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
 
 
 def test_page_failing_for_good_is_recorded_and_retried_next_run(env):
     with FakeLLMServer(script=[{"status": 500, "message": "overloaded"}] * 3) as srv:
         cfg = cfg_for(env, srv, workers=1, max_attempts=3)
-        res = run_generate(cfg)
+        res = run(cfg)
         assert len(res.pages_failed) == 1
         failed = res.pages_failed[0]
         assert failed["paper_id"] == "2405.00000v1" and failed["page"] == 1
         assert "server HTTP 500" in failed["error"] and failed["attempts"] == 3
         assert res.triples_kept == (N_PAPERS * PAGES_PER_PAPER - 1) * 3
         before = srv.count()
-        res2 = run_generate(cfg)
+        res2 = run(cfg)
         assert srv.count() == before + 1 and not res2.pages_failed
         assert res2.triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
 
@@ -110,11 +109,11 @@ def test_refusals_and_echoes_are_counted_not_kept(env):
         try:
             return next(replies)
         except StopIteration:
-            from nbutils.fake_llm_server import default_reply
+            from fake_llm_server import default_reply
             return default_reply(body)
 
     with FakeLLMServer(reply=reply) as srv:
-        res = run_generate(cfg_for(env, srv, workers=1))
+        res = run(cfg_for(env, srv, workers=1))
     assert res.replies_without_triples == {"asks_for_text": 1, "refusal": 1, "template_echo": 1}
     assert res.triples_kept == (N_PAPERS * PAGES_PER_PAPER - 3) * 3
 
@@ -125,7 +124,7 @@ def test_near_duplicates_across_pages_are_dropped_and_counted(env):
                 "Output: " + body["messages"][-1]["content"][-60:])
 
     with FakeLLMServer(reply=reply) as srv:
-        res = run_generate(cfg_for(env, srv))
+        res = run(cfg_for(env, srv))
     assert res.triples_kept == 1
     assert res.drops == {"near_duplicate_instruction": N_PAPERS * PAGES_PER_PAPER - 1}
 
@@ -137,7 +136,7 @@ def test_json_mode_sends_response_format_and_validates(env):
                                         "output": " ".join(words[i + 5:i + 10])} for i in (0, 10)]})
 
     with FakeLLMServer(reply=reply) as srv:
-        res = run_generate(cfg_for(env, srv, prompt="json"))
+        res = run(cfg_for(env, srv, prompt="json"))
         assert all(r["response_format"] == {"type": "json_object"} for r in srv.requests)
     assert res.triples_kept == N_PAPERS * PAGES_PER_PAPER * 2
     assert res.prompt_version.startswith("json@")
@@ -147,9 +146,9 @@ def test_prompt_file_overrides_the_template_and_its_version(env, tmp_path):
     pf = tmp_path / "my_prompt_v2.txt"
     pf.write_text("Write triples in the Triple N format.\n\nText:\n{text}")
     with FakeLLMServer() as srv:
-        run_generate(cfg_for(env, srv))
+        run(cfg_for(env, srv))
         base = srv.count()
-        res = run_generate(cfg_for(env, srv, prompt_file=str(pf)))
+        res = run(cfg_for(env, srv, prompt_file=str(pf)))
         assert srv.count() == base + N_PAPERS * PAGES_PER_PAPER     # a new prompt is a new cache key
     assert res.prompt_version.startswith("my_prompt_v2@")
     assert {t["prompt_version"] for t in read_jsonl(env / "triples.jsonl")} == {res.prompt_version}
@@ -162,11 +161,11 @@ def test_prompt_file_overrides_the_template_and_its_version(env, tmp_path):
 def test_torn_cache_tail_is_repaired_and_only_that_page_recalled(env):
     with FakeLLMServer() as srv:
         cfg = cfg_for(env, srv)
-        run_generate(cfg)
+        run(cfg)
         lines = cfg.cache_path.read_text().splitlines(keepends=True)
         cfg.cache_path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])   # killed mid-write
         before = srv.count()
-        res = run_generate(cfg)
+        res = run(cfg)
         assert srv.count() == before + 1
     assert res.triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
     assert len(load_cache(cfg.cache_path)) == N_PAPERS * PAGES_PER_PAPER
@@ -174,9 +173,9 @@ def test_torn_cache_tail_is_repaired_and_only_that_page_recalled(env):
 
 KILL_SCRIPT = """
 import sys
-from nbutils.generate import GenerateConfig, run_generate
+from nbutils.generate import GenerateConfig, run
 cfg = GenerateConfig.from_params(profile="full", data_dir=sys.argv[1], base_url=sys.argv[2], rpm=0, tpm=0, workers=2)
-run_generate(cfg)
+run(cfg)
 """
 
 
@@ -196,7 +195,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(env):
         cached_at_kill = len(load_cache(cfg.cache_path))
         assert 8 <= cached_at_kill < n_pages and not (env / "triples.jsonl").exists()
         calls_before = srv.count()
-        res = run_generate(cfg)
+        res = run(cfg)
         # only the missing pages (plus what was in flight at the kill) were requested again
         assert srv.count() - calls_before == n_pages - cached_at_kill
         assert calls_before <= cached_at_kill + 2 + 1
@@ -221,7 +220,7 @@ def test_select_pages_round_robin_over_papers_and_skips_counted():
 
 def test_missing_pages_file_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_parse"):
-        run_generate(GenerateConfig.from_params(profile="full", data_dir=str(tmp_path)))
+        run(GenerateConfig.from_params(profile="full", data_dir=str(tmp_path)))
 
 
 def test_profiles_pick_backends():
@@ -238,14 +237,14 @@ def test_local_backend_generates_with_the_embedded_model(data_dir_with_model):
     import torch
     threads = torch.get_num_threads()
     try:
-        res = run_generate(cfg)          # threads=1 keeps it fast on a busy 2-core box
+        res = run(cfg)          # threads=1 keeps it fast on a busy 2-core box
     finally:
         torch.set_num_threads(threads)   # do not leak into other tests of the session
     assert res.calls == 2 and not res.pages_failed
     recs = list(load_cache(cfg.cache_path).values())
     assert all(r["reply"].startswith(BUILTIN_PROMPTS["demo"].reply_prefix) for r in recs)
     assert all(0 < r["completion_tokens"] <= 16 and r["prompt_tokens"] > 0 for r in recs)
-    assert run_generate(cfg).calls == 0
+    assert run(cfg).calls == 0
 
 
 def test_window_chars_cuts_long_pages_at_sentences():
@@ -265,18 +264,18 @@ def test_reply_cut_by_the_token_limit_keeps_whole_sentences(env):
     with FakeLLMServer(script=[{"content": "Triple 1:\nInstruction: What does the cache store?\nInput:\n"
                                            "Output: It stores the keys and values of past tokens. It also"}]) as srv:
         cfg = cfg_for(env, srv, workers=1)
-        run_generate(cfg)
+        run(cfg)
     lines = [l for l in cfg.cache_path.read_text().splitlines() if "It also" in l]
     assert len(lines) == 1
     # the fake server says finish_reason "stop": mark the record as cut and rebuild from the cache
     cfg.cache_path.write_text(cfg.cache_path.read_text().replace('"finish_reason": "stop", "latency_s"', '"finish_reason": "length", "latency_s"', 1))
-    run_generate(cfg)
+    run(cfg)
     outs = [t["output"] for t in read_jsonl(env / "triples.jsonl") if t["instruction"] == "What does the cache store?"]
     assert outs == ["It stores the keys and values of past tokens."]
 
 
 def test_bad_parameters_are_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown backend 'grok'"):
+    with pytest.raises(ValueError, match="backend='grok': expected one of 'groq', 'openai', 'local'"):
         GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), backend="grok")
     with pytest.raises(ValueError, match="test_size"):
         GenerateConfig.from_params(profile="full", data_dir=str(tmp_path), test_size=1.5)
@@ -284,6 +283,102 @@ def test_bad_parameters_are_named(tmp_path):
 
 def test_the_api_key_never_lands_in_data_dir(env):
     with FakeLLMServer() as srv:
-        run_generate(cfg_for(env, srv))
+        run(cfg_for(env, srv))
     leaked = [p for p in env.rglob("*") if p.is_file() and b"gsk_test_not_a_real_key" in p.read_bytes()]
     assert (env / "triples.jsonl").exists() and not leaked
+
+
+# ---------------------------------------------------------------- issue 17: faults that must not lose or leak work
+
+def test_empty_replies_are_retried_and_never_cached_as_answers(env):
+    n = N_PAPERS * PAGES_PER_PAPER
+    with FakeLLMServer(script=[{"content": ""}, {"content": "  \n "}] * 3) as srv:
+        cfg = cfg_for(env, srv, workers=1, max_attempts=3)
+        res = run(cfg)
+        assert srv.count() == n + 4                       # 6 empty replies: 2 pages failed after 3 tries each
+        assert res.retried == {"empty": 4} and len(res.pages_failed) == 2
+        assert all(f["error"].startswith("empty") for f in res.pages_failed)
+        assert all(r["reply"].strip() for r in read_jsonl(cfg.cache_path))
+        before = srv.count()
+        res2 = run(cfg)
+        assert srv.count() - before == 2 and res2.calls == 2 and not res2.pages_failed
+    assert res2.triples_kept == n * 3
+
+
+def test_a_blank_reply_cached_by_an_older_version_is_called_again(env):
+    with FakeLLMServer() as srv:
+        cfg = cfg_for(env, srv)
+        run(cfg)
+        recs = list(read_jsonl(cfg.cache_path))
+        recs[0]["reply"] = "   "
+        write_jsonl(cfg.cache_path, recs)
+        before = srv.count()
+        res = run(cfg)
+        assert srv.count() - before == 1 and res.triples_kept == N_PAPERS * PAGES_PER_PAPER * 3
+
+
+def test_a_retry_after_of_an_hour_does_not_hang_the_stage(env, capsys):
+    with FakeLLMServer(script=[{"status": 429, "retry_after": "3600"}] * 50) as srv:
+        t0 = time.monotonic()
+        res = run(cfg_for(env, srv, workers=2, max_wait_s=30))
+        assert time.monotonic() - t0 < 20
+        assert srv.count() <= 2                          # only those in flight when the first 429 came
+    assert len(res.pages_failed) == N_PAPERS * PAGES_PER_PAPER
+    assert all("wait_too_long" in f["error"] for f in res.pages_failed)
+    out = capsys.readouterr().out
+    assert "asked to wait 3600 s" in out and "max_wait_s=30" in out
+
+
+def _outputs(env: Path) -> dict[str, bytes]:
+    files = [env / "triples.jsonl", env / "arxiv_instruction_dataset.json"]
+    files += sorted((env / "dataset").rglob("*"))
+    return {str(p.relative_to(env)): p.read_bytes() for p in files if p.is_file()}
+
+
+def test_a_run_where_every_page_fails_keeps_all_outputs_in_sync(env, capsys):
+    with FakeLLMServer() as srv:
+        run(cfg_for(env, srv))
+    first = _outputs(env)
+    assert len(first) > 3
+    with FakeLLMServer(script=[{"status": 400, "message": "model `llama-4-typo` does not exist"}] * 20) as srv:
+        res = run(cfg_for(env, srv, model="llama-4-typo"))
+    assert len(res.pages_failed) == N_PAPERS * PAGES_PER_PAPER and not res.outputs_replaced
+    assert _outputs(env) == first                        # triples.jsonl, the JSON and dataset/ all untouched
+    assert "left as they were" in capsys.readouterr().out and "left as they were" in res.summary()
+    assert read_json(env / "generate_report.json")["outputs_replaced"] is False
+    with FakeLLMServer() as srv:                         # once the model works, all three move together
+        res = run(cfg_for(env, srv, model="llama-4-fixed"))
+    triples = list(read_jsonl(env / "triples.jsonl"))
+    from datasets import load_from_disk
+    dd = load_from_disk(str(env / "dataset"))
+    assert res.outputs_replaced and {t["model"] for t in triples} == {"llama-4-fixed"}
+    assert len(triples) == len(read_json(env / "arxiv_instruction_dataset.json")) == len(dd["train"]) + len(dd["test"])
+
+
+def test_secrets_echoed_by_the_server_never_land_anywhere(env, capsys):
+    key = os.environ["GROQ_API_KEY"]
+
+    def reply(body):          # a 200 whose content echoes the key
+        from fake_llm_server import default_reply
+        return default_reply(body) + f"\n(debug: your key is {key})"
+
+    with FakeLLMServer(reply=reply, script=[{"status": 400, "echo_headers": True}] * 3) as srv:
+        res = run(cfg_for(env, srv, workers=1))
+    assert len(res.pages_failed) == 3 and "you sent" in res.pages_failed[0]["error"]
+    printed = capsys.readouterr()
+    leaked = [p for p in env.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked and key not in res.summary() and key not in printed.out + printed.err
+    assert key not in res.table().to_string()
+    assert any("[REDACTED]" in r["reply"] for r in read_jsonl(env / "cache" / "generate_replies.jsonl"))
+
+
+def test_print_config_shows_the_resolved_profile(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "nbutils.generate", "--profile", "demo", "--max-wait-s", "5",
+                          "--json_mode", "false", "--data_dir", str(tmp_path), "--print-config"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    printed = json.loads(out)
+    assert printed["backend"] == "local" and printed["max_pages"] == 56 and printed["max_wait_s"] == 5.0
+    assert printed["json_mode"] is False and printed["triples_path"] == str(tmp_path / "triples.jsonl")
+    bad = subprocess.run([sys.executable, "-m", "nbutils.generate", "--timeout_s", "soon", "--print-config"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "timeout_s='soon': expected float" in bad.stderr

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from nbutils.fake_llm_server import FakeLLMServer
+from fake_llm_server import FakeLLMServer
 from nbutils.llm import (LLMError, RateLimiter, RetryPolicy, complete_many, complete_with_retries,
                          iter_completions, make_backend, parse_duration)
 
@@ -147,3 +147,90 @@ def test_requests_run_concurrently_under_the_limit(groq_env):
         elapsed = time.monotonic() - t0
     assert all(not isinstance(r, LLMError) for r in results)
     assert elapsed < 16 * 0.4 / 3       # sequential would take 6.4 s
+
+
+# ---------------------------------------------------------------- issue 17: empty replies, long waits, drips, secrets
+
+@pytest.mark.parametrize("content", ["", "   \n\t "])
+def test_an_empty_reply_is_retried_not_returned(groq_env, content):
+    with FakeLLMServer(script=[{"content": content}, {"content": content}]) as srv:
+        backend = make_backend("groq", None, srv.url)
+        done = complete_with_retries(backend, MSG, policy=FAST, max_tokens=32)
+        assert done.text.strip() and done.attempts == 3 and done.retried == {"empty": 2}
+        assert srv.count() == 3
+
+
+def test_a_reply_empty_on_every_attempt_fails_as_retriable(groq_env):
+    with FakeLLMServer(script=[{"content": ""}] * 4) as srv:
+        backend = make_backend("groq", None, srv.url)
+        with pytest.raises(LLMError) as e:
+            complete_with_retries(backend, MSG, policy=FAST, max_tokens=32)
+    assert e.value.kind == "empty" and e.value.retryable and e.value.attempts == 4
+
+
+def test_a_retry_after_over_max_wait_s_is_not_obeyed(groq_env):
+    with FakeLLMServer(script=[{"status": 429, "retry_after": "3600"}] * 10) as srv:
+        backend = make_backend("groq", None, srv.url)
+        t0 = time.monotonic()
+        results = complete_many(backend, [MSG] * 6, workers=2, limiter=RateLimiter(),
+                                policy=RetryPolicy(max_attempts=3, base_s=0.01, max_wait_s=30))
+        elapsed = time.monotonic() - t0
+    assert elapsed < 5
+    assert all(isinstance(r, LLMError) and r.kind == "wait_too_long" for r in results)
+    assert "3600 s" in str(results[0]) and "max_wait_s=30" in str(results[0])
+    assert srv.count() <= 2      # only the ones in flight when the first 429 came; the rest not sent
+
+
+@pytest.mark.parametrize("kind", ["groq", "openai"])
+def test_a_dripping_server_is_cut_at_the_total_time_limit(groq_env, kind):
+    with FakeLLMServer(script=[{"drip_s": 0.5}]) as srv:
+        url = srv.url + ("/v1" if kind == "openai" else "")
+        backend = make_backend(kind, "m" if kind == "openai" else None, url, timeout_s=2.0)
+        t0 = time.monotonic()
+        with pytest.raises(LLMError) as e:
+            backend.complete(MSG, max_tokens=32)
+        elapsed = time.monotonic() - t0
+    assert e.value.kind == "timeout" and elapsed < 3.5, elapsed
+
+
+def test_redact_masks_env_secrets_and_key_shapes(monkeypatch):
+    from nbutils.llm import redact
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "plainsecretvalue99")
+    text = ('{"authorization": "Bearer gsk_abcdefghij1234567890", "note": "plainsecretvalue99", '
+            '"other": "sk-proj-ABCDEFGH12345678 hf_ABCDEFGHIJKLMNOP"} Authorization: Basic dXNlcjpwYXNz')
+    out = redact(text)
+    for secret in ("gsk_abc", "plainsecretvalue99", "sk-proj", "hf_ABC", "dXNlcjpwYXNz"):
+        assert secret not in out
+    assert redact("attention is all you need: tokens: 512") == "attention is all you need: tokens: 512"
+
+
+@pytest.mark.parametrize("kind", ["groq", "openai"])
+def test_an_error_body_echoing_the_authorization_header_is_redacted(monkeypatch, kind):
+    key = "gsk_test_not_a_real_key_0123456789" if kind == "groq" else "sk-local-not-a-real-key-0123"
+    monkeypatch.setenv("GROQ_API_KEY" if kind == "groq" else "OPENAI_API_KEY", key)
+    with FakeLLMServer(script=[{"status": 400, "echo_headers": True}]) as srv:
+        url = srv.url + ("/v1" if kind == "openai" else "")
+        backend = make_backend(kind, "m" if kind == "openai" else None, url)
+        with pytest.raises(LLMError) as e:
+            backend.complete(MSG, max_tokens=32)
+    assert "you sent" in str(e.value) and key not in e.value.describe() and key[:12] not in str(e.value)
+
+
+def test_many_workers_are_not_capped_by_the_connection_pool(groq_env):
+    """25 workers must keep 25 requests in flight (a pool of 10 connections would make this take 3 rounds)."""
+    with FakeLLMServer(latency_s=1.0) as srv:
+        backend = make_backend("groq", None, srv.url)
+        t0 = time.monotonic()
+        results = complete_many(backend, [MSG] * 25, workers=25, policy=FAST)
+        elapsed = time.monotonic() - t0
+    assert all(not isinstance(r, LLMError) for r in results)
+    assert elapsed < 2.5, elapsed
+
+
+def test_a_reset_header_of_hours_pauses_no_longer_than_max_pause_s():
+    clock = FakeClock()
+    lim = RateLimiter(clock=clock, max_pause_s=30)
+    lim.observe_headers({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2h"})
+    lim.acquire(sleep=clock.sleep)
+    assert clock.t - 100.0 == pytest.approx(30.0)

@@ -20,13 +20,13 @@ SECRET = re.compile(r"gsk_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20
 
 
 def parameters_cell(nb):
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code, "no code cells"
-    return code[0]
+    tagged = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{len(tagged)} cells tagged parameters"
+    return tagged[0]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_first_code_cell_is_tagged_parameters_of_plain_literals(path):
+def test_parameters_cell_holds_plain_literals(path):
     cell = parameters_cell(nbformat.read(str(path), as_version=4))
     assert "parameters" in cell.metadata.get("tags", [])
     values = {}

@@ -12,7 +12,7 @@ from reportlab.pdfgen import canvas
 
 from nbutils.io import read_json, read_jsonl
 from nbutils.parse import (ParseConfig, chunk_text, clean_pages, cut_references, drop_running_lines, normalize_text,
-                           parse_file, parse_pdfs, rejoin_hyphenated, run_pool)
+                           parse_file, rejoin_hyphenated, run, run_pool)
 
 WORDS = ("language models learn from data and the training objective shapes what they represent about "
          "syntax meaning and the world while evaluation measures how well they generalise").split()
@@ -221,8 +221,8 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_run_goes_on(tmp_path, 
     expected = make_bad_files(bad_dir)
     make_paper_pdf(bad_dir / "good.pdf")
     cfg = ParseConfig.from_params(data_dir=str(tmp_path), loader=loader, workers=2, timeout_s=60)
-    report = parse_pdfs(cfg, progress=False)
-    files = report["files"]
+    report = run(cfg, progress=False)
+    files = report.files
     got = {k: f.get("reason") for k, f in files.items() if k != "good"}
     assert got == expected
     assert all(files[k]["detail"] for k in expected)
@@ -231,9 +231,9 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_run_goes_on(tmp_path, 
     assert read_json(cfg.report_path)["summary"]["skipped"] == len(expected)
 
 
-def slow_pdf() -> bytes:
-    """One page with ~1.5M text operators: seconds of work for any parser."""
-    return raw_pdf(b"BT /F1 12 Tf 72 700 Td " + b"(abc) Tj 1 0 Td " * 1_500_000 + b"ET")
+def slow_pdf(tag: int = 0) -> bytes:
+    """One page with ~1.5M text operators: seconds of work for any parser (`tag` makes the bytes differ)."""
+    return raw_pdf(b"BT /F1 12 Tf 72 700 Td (%d) Tj " % tag + b"(abc) Tj 1 0 Td " * 1_500_000 + b"ET")
 
 
 def test_a_file_past_the_time_limit_is_killed_and_the_others_still_parse(tmp_path):
@@ -278,7 +278,7 @@ def test_references_headers_and_page_numbers_removed_from_a_multi_page_pdf(tmp_p
     (tmp_path / "pdfs").mkdir()
     make_paper_pdf(tmp_path / "pdfs" / "2405.01234v1.pdf", pages=6, refs_on=4)
     cfg = ParseConfig.from_params(data_dir=str(tmp_path), workers=1)
-    report = parse_pdfs(cfg, progress=False)
+    report = run(cfg, progress=False)
     recs = list(read_jsonl(cfg.pages_path))
     assert [r["page"] for r in recs] == [1, 2, 3, 4]
     text = "\n".join(r["text"] for r in recs)
@@ -287,7 +287,7 @@ def test_references_headers_and_page_numbers_removed_from_a_multi_page_pdf(tmp_p
     assert not any(line.strip().isdigit() for line in text.splitlines())
     assert "representation of the data" in text
     assert body_lines(4, 30)[11] in recs[3]["text"]  # text above the heading on page 4 stays
-    f = report["files"]["2405.01234v1"]
+    f = report.files["2405.01234v1"]
     assert f["pages_total"] == 6 and f["pages_dropped_references"] == 2
     assert f["removed"]["reference_chars"] > 1000 and f["removed"]["page_number_lines"] == 6
     r0 = recs[0]
@@ -313,9 +313,9 @@ def test_papers_jsonl_titles_and_chunked_records(tmp_path):
     (tmp_path / "papers.jsonl").write_text(json.dumps({"id": "2405.00001v1", "title": "Real Title",
                                                        "pdf_path": "pdfs/2405.00001v1.pdf"}) + "\n")
     cfg = ParseConfig.from_params(data_dir=str(tmp_path), chunk_tokens=60, chunk_overlap=10, workers=1)
-    report = parse_pdfs(cfg, progress=False)
+    report = run(cfg, progress=False)
     recs = list(read_jsonl(cfg.pages_path))
-    assert report["files"]["2405.00001v1"]["title"] == "Real Title"
+    assert report.files["2405.00001v1"]["title"] == "Real Title"
     assert max(r["chunk"] for r in recs) >= 3 and all(len(r["text"].split()) <= 60 for r in recs)
     assert len({(r["page"], r["chunk"]) for r in recs}) == len(recs)
 
@@ -326,41 +326,41 @@ def test_resume_reparses_only_new_or_changed_files_and_never_duplicates(tmp_path
     for name in ("a", "b", "c"):
         make_paper_pdf(d / f"{name}.pdf", pages=3, refs_on=None, title=f"Paper {name}")
     cfg = ParseConfig.from_params(data_dir=str(tmp_path), workers=2)
-    first = parse_pdfs(cfg, progress=False)
-    assert first["summary"]["parsed_this_run"] == 3
+    first = run(cfg, progress=False)
+    assert first.totals["parsed_this_run"] == 3
     n_first = len(list(read_jsonl(cfg.pages_path)))
 
-    again = parse_pdfs(cfg, progress=False)
-    assert again["summary"]["parsed_this_run"] == 0 and again["summary"]["reused"] == 3
+    again = run(cfg, progress=False)
+    assert again.totals["parsed_this_run"] == 0 and again.totals["reused"] == 3
     assert len(list(read_jsonl(cfg.pages_path))) == n_first
 
     make_paper_pdf(d / "b.pdf", pages=5, refs_on=None, title="Paper b revised")  # changed
     make_paper_pdf(d / "d.pdf", pages=2, refs_on=None, title="Paper d")  # new
     (d / "c.pdf").unlink()  # removed
-    third = parse_pdfs(cfg, progress=False)
-    assert third["summary"]["parsed_this_run"] == 2 and third["summary"]["reused"] == 1
+    third = run(cfg, progress=False)
+    assert third.totals["parsed_this_run"] == 2 and third.totals["reused"] == 1
     recs = list(read_jsonl(cfg.pages_path))
     per_paper = {pid: sorted(r["page"] for r in recs if r["paper_id"] == pid) for pid in "abcd"}
     assert per_paper == {"a": [1, 2, 3], "b": [1, 2, 3, 4, 5], "c": [], "d": [1, 2]}
-    assert set(third["files"]) == {"a", "b", "d"}
-    assert {r["source_sha256"] for r in recs if r["paper_id"] == "b"} == {third["files"]["b"]["sha256"]}
+    assert set(third.files) == {"a", "b", "d"}
+    assert {r["source_sha256"] for r in recs if r["paper_id"] == "b"} == {third.files["b"]["sha256"]}
 
     changed = ParseConfig.from_params(data_dir=str(tmp_path), workers=2, min_chars=50)  # new settings
-    assert parse_pdfs(changed, progress=False)["summary"]["parsed_this_run"] == 3
+    assert run(changed, progress=False).totals["parsed_this_run"] == 3
 
 
 def test_a_run_killed_midway_leaves_no_duplicates_on_resume(tmp_path):
     d = tmp_path / "pdfs"
     d.mkdir()
     for name in ("a", "b"):
-        make_paper_pdf(d / f"{name}.pdf", pages=3, refs_on=None)
+        make_paper_pdf(d / f"{name}.pdf", pages=3, refs_on=None, title=f"Paper {name}")
     cfg = ParseConfig.from_params(data_dir=str(tmp_path), workers=1)
-    parse_pdfs(cfg, progress=False)
+    run(cfg, progress=False)
     report = read_json(cfg.report_path)
     del report["files"]["b"]  # as if the run died after appending b's pages, before recording it
     Path(cfg.report_path).write_text(json.dumps(report))
-    again = parse_pdfs(cfg, progress=False)
-    assert again["summary"]["parsed_this_run"] == 1
+    again = run(cfg, progress=False)
+    assert again.totals["parsed_this_run"] == 1
     recs = list(read_jsonl(cfg.pages_path))
     assert sorted((r["paper_id"], r["page"]) for r in recs) == [("a", 1), ("a", 2), ("a", 3),
                                                                ("b", 1), ("b", 2), ("b", 3)]
@@ -371,3 +371,130 @@ def test_config_rejects_unknown_loader_and_bad_overlap(tmp_path):
         ParseConfig.from_params(data_dir=str(tmp_path), loader="ocr")
     with pytest.raises(ValueError, match="chunk_overlap"):
         ParseConfig.from_params(data_dir=str(tmp_path), chunk_tokens=10, chunk_overlap=10)
+
+
+# ---------------------------------------------------------------- hostile folders (issue 17)
+
+def test_same_stem_in_two_cases_gives_two_ids_and_two_report_entries(tmp_path):
+    d = tmp_path / "pdfs"
+    d.mkdir()
+    make_paper_pdf(d / "dup.pdf", pages=2, refs_on=None, title="Lower")
+    make_paper_pdf(d / "dup.PDF", pages=3, refs_on=None, title="Upper")
+    cfg = ParseConfig.from_params(data_dir=str(tmp_path), workers=1)
+    result = run(cfg, progress=False)
+    assert set(result.files) == {"dup.pdf", "dup.PDF"}
+    assert all(f["status"] == "ok" for f in result.files.values())
+    pages = {}
+    for r in read_jsonl(cfg.pages_path):
+        pages.setdefault(r["paper_id"], []).append(r["page"])
+    assert pages == {"dup.pdf": [1, 2], "dup.PDF": [1, 2, 3]}
+    assert run(cfg, progress=False).totals["parsed_this_run"] == 0     # resume keys by the same ids
+
+
+def test_a_second_copy_of_the_same_bytes_is_skipped_as_a_duplicate(tmp_path):
+    d = tmp_path / "pdfs"
+    d.mkdir()
+    make_paper_pdf(d / "a.pdf", pages=2, refs_on=None)
+    (d / "b.pdf").write_bytes((d / "a.pdf").read_bytes())
+    result = run(ParseConfig.from_params(data_dir=str(tmp_path), workers=1), progress=False)
+    assert result.files["a"]["status"] == "ok"
+    assert result.files["b"]["reason"] == "duplicate" and "a.pdf" in result.files["b"]["detail"]
+
+
+def test_a_link_leaving_pdf_dir_is_not_read_and_leaks_nothing(tmp_path):
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("TOPSECRET-password-1234 and more")
+    d = tmp_path / "pdfs"
+    d.mkdir()
+    (d / "evil.pdf").symlink_to(secret)
+    (d / "dangling.pdf").symlink_to(tmp_path / "nowhere.pdf")
+    make_paper_pdf(d / "good.pdf", pages=2, refs_on=None)
+    (d / "alias.pdf").symlink_to(d / "good.pdf")             # a link inside pdf_dir is fine (here: a duplicate)
+    cfg = ParseConfig.from_params(data_dir=str(tmp_path), workers=1)
+    result = run(cfg, progress=False)
+    assert result.files["evil"]["reason"] == "link_outside_pdf_dir"
+    assert result.files["dangling"]["reason"] == "link_outside_pdf_dir"
+    assert result.files["good"]["status"] == "ok"
+    assert result.files["alias"]["reason"] == "duplicate"
+    assert "TOPSECRET" not in Path(cfg.report_path).read_text() and "TOPSECRET" not in result.summary()
+
+
+KILL_PARSE = """
+import sys
+from nbutils.parse import ParseConfig, run
+run(ParseConfig.from_params(data_dir=sys.argv[1], workers=2, timeout_s=600, loader="pypdf"), progress=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
+def test_kill_9_of_the_main_process_leaves_no_parse_worker(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nbutils.io import PROJECT_ROOT
+
+    d = tmp_path / "pdfs"
+    d.mkdir()
+    for i in range(3):
+        (d / f"slow{i}.pdf").write_bytes(slow_pdf(i))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_PARSE, str(tmp_path)], cwd=PROJECT_ROOT,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.monotonic() + 60, []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = _children(proc.pid)
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the parse workers never started"
+        time.sleep(0.5)                      # they are busy on the slow files now
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "a parse worker outlived its killed parent"
+    finally:
+        for w in workers if "workers" in dir() else []:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_print_config_shows_the_resolved_profile(tmp_path):
+    import subprocess
+    import sys
+
+    from nbutils.io import PROJECT_ROOT
+
+    out = subprocess.run([sys.executable, "-m", "nbutils.parse", "--profile", "full", "--workers", "3",
+                          "--data_dir", str(tmp_path), "--print-config"], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    printed = json.loads(out)
+    assert printed["workers"] == 3 and printed["timeout_s"] == 120.0 and printed["max_memory_mb"] == 4096
+    assert printed["pages_path"] == str(tmp_path / "pages.jsonl")
+    assert ParseConfig.from_params(profile="demo").timeout_s == 30.0
+    assert not (tmp_path / "pages.jsonl").exists()          # printing runs nothing

@@ -1,21 +1,17 @@
-"""nbutils.scrape against the bundled arXiv look-alike (nbutils.demo_site) and recorded export-API answers."""
+"""nbutils.scrape.stage end to end against the bundled arXiv look-alike (nbutils.demo_site, with the fault
+switches of tests/fake_arxiv.py): both backends, download faults, reruns, the demo profile."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from nbutils.demo_site import DemoSite, ExtraEntry, load_corpus
+from fake_arxiv import ExtraEntry, FaultySite
+from nbutils.demo_site import DemoSite, load_corpus
 from nbutils.io import read_json, read_jsonl, sha256_file
-from nbutils.scrape import (ScrapeConfig, ScrapeError, Throttle, build_api_query, build_search_url,
-                            disposition_id, id_from_url, parse_arxiv_id, parse_atom, parse_submitted, pdf_filename, pdf_path_for, pdf_problem,
-                            retry_after_seconds, scrape)
+from nbutils.scrape import ScrapeConfig, scrape
+from nbutils.scrape.download import pdf_problem
 
-FIXTURES = Path(__file__).parent / "fixtures" / "arxiv_api"
 CORPUS = load_corpus()          # newest first, as the site lists them
 DELAY = 0.3
 
@@ -35,141 +31,8 @@ def page_records(records):
     return [{k: v for k, v in r.items() if k not in ("pdf_path", "sha256")} for r in records]
 
 
-# ------------------------------------------------------------------------------------------ pure functions
-def test_pdf_filenames_come_from_the_id_and_never_leave_the_folder(tmp_path):
-    assert pdf_filename("2405.01234v2") == "2405.01234v2.pdf"
-    assert pdf_filename("hep-th/9901001v1") == "hep-th_9901001v1.pdf"
-    for hostile in ("../../etc/passwd", "2405.01234v1/../../x", "2405.01234v1;rm -rf ~", "", "a b"):
-        with pytest.raises(ValueError, match="not an arXiv id"):
-            pdf_filename(hostile)
-    assert pdf_path_for(tmp_path, "cs/0501001v3").parent == tmp_path.resolve()
-
-
-def test_ids_are_read_from_link_text_and_urls():
-    assert parse_arxiv_id("arXiv:2405.17301") == "2405.17301"
-    assert parse_arxiv_id("arXiv:2405.17301v3") == "2405.17301v3"
-    assert parse_arxiv_id("see 2405.17301") is None
-    assert id_from_url("https://arxiv.org/pdf/2405.17301v2") == "2405.17301v2"
-    assert id_from_url("/pdf/hep-th/9901001.pdf") == "hep-th/9901001"
-    assert id_from_url("https://arxiv.org/format/2405.17301") is None
-
-
-def test_version_comes_from_content_disposition_only_for_that_paper():
-    assert disposition_id('inline; filename="2405.01234v3.pdf"', "2405.01234") == "2405.01234v3"
-    assert disposition_id('inline; filename="hep-th9901001v2.pdf"', "hep-th/9901001") == "hep-th/9901001v2"
-    assert disposition_id('inline; filename="2405.09999v3.pdf"', "2405.01234") is None
-    assert disposition_id('attachment; filename="../../2405.01234v1.pdf"', "2405.01234") is None
-    assert disposition_id(None, "2405.01234") is None
-
-
-def test_search_url_and_api_query_carry_query_dates_and_page_size():
-    url = build_search_url("https://arxiv.org", "llm", "2024-04-18", "", 50)
-    q = parse_qs(urlsplit(url).query, keep_blank_values=True)
-    assert urlsplit(url).path == "/search/advanced"
-    assert q["terms-0-term"] == ["llm"] and q["date-from_date"] == ["2024-04-18"]
-    assert q["date-filter_by"] == ["date_range"] and q["size"] == ["50"]
-    assert q["date-date_type"] == ["submitted_date"] and q["order"] == ["-announced_date_first"]
-    assert build_api_query("llm", "2024-04-18", "2024-05-01") == \
-        "all:llm AND submittedDate:[202404180000 TO 202405012359]"
-
-
-def test_submission_date_is_the_first_version():
-    assert parse_submitted("Submitted 20 May, 2024; v1 submitted 2 May, 2024; originally announced May 2024.") \
-        == "2024-05-02"
-    assert parse_submitted("Submitted 7 June, 2024; originally announced June 2024.") == "2024-06-07"
-    assert parse_submitted("") == ""
-
-
-def test_retry_after_reads_seconds_and_http_dates():
-    assert retry_after_seconds("7") == 7.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0   # in the past
-    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
-
-
-def test_throttle_never_goes_below_three_seconds_for_arxiv():
-    slept = []
-    t = Throttle(0.1, sleep=slept.append)
-    assert t.delay_for("arxiv.org") == 3.0 and t.delay_for("export.arxiv.org") == 3.0
-    assert t.delay_for("127.0.0.1") == 0.1
-    t.wait("https://arxiv.org/a")
-    t.done("https://arxiv.org/a")
-    t.wait("https://arxiv.org/b")
-    assert len(slept) == 1 and 2.9 < slept[0] <= 3.0
-
-
-def test_pdf_validation_names_the_problem(tmp_path):
-    good = tmp_path / "ok.pdf"
-    good.write_bytes(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n")
-    assert pdf_problem(good, 1 << 20) is None
-    (tmp_path / "cut.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<<")
-    assert "truncated" in pdf_problem(tmp_path / "cut.pdf", 1 << 20)
-    (tmp_path / "page.pdf").write_bytes(b"<html>captcha</html>")
-    assert "not a PDF" in pdf_problem(tmp_path / "page.pdf", 1 << 20)
-    assert "cap" in pdf_problem(good, 10)
-
-
-# ------------------------------------------------------------------------------------------ export API (recorded)
-class Recorded(BaseHTTPRequestHandler):
-    """Serves the recorded Atom answers by `start`; logs each query string."""
-
-    log: list[dict] = []
-    pages = {"0": "page1.xml", "2": "page2.xml"}
-
-    def do_GET(self):  # noqa: N802
-        q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-        q["_ua"] = self.headers.get("User-Agent", "")
-        type(self).log.append(q)
-        name = "empty.xml" if "zzzz" in q.get("search_query", "") else self.pages.get(q.get("start"), "error.xml")
-        body = (FIXTURES / name).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/atom+xml; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def recorded_api():
-    Recorded.log = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorded)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api/query"
-    server.shutdown()
-    server.server_close()
-
-
-def test_api_backend_reads_recorded_atom_pages(tmp_path, recorded_api):
-    cfg = make_cfg(tmp_path, backend="api", api_url=recorded_api, page_size=2, max_papers=10, download=False)
-    result = scrape(cfg, api_url=recorded_api)
-    assert [r["id"] for r in result.records] == ["2405.17301v2", "2405.08812v1", "cs/0501001v3"]
-    first = result.records[0]
-    assert first["title"] == "Sparse Mixtures of Adapters for Multilingual LLM Instruction Tuning"
-    assert first["authors"] == ["Ana Lucía Pérez", "Ji-ho Park"]
-    assert first["categories"] == ["cs.CL", "cs.LG"]          # primary category first
-    assert first["submitted"] == "2024-05-27"                 # `published` = v1, not `updated`
-    assert first["abstract"].startswith("We study how") and "\n" not in first["abstract"]
-    assert first["abs_url"] == "https://arxiv.org/abs/2405.17301v2"
-    assert first["pdf_url"] == "https://arxiv.org/pdf/2405.17301v2"
-    assert [(q["start"], q["max_results"]) for q in Recorded.log] == [("0", "2"), ("2", "2")]
-    assert Recorded.log[0]["sortBy"] == "submittedDate"
-    assert "submittedDate:[20240418" in Recorded.log[0]["search_query"]
-    assert Recorded.log[0]["_ua"].startswith("nbutils-arxiv-pipeline/")
-    report = read_json(cfg.report_path)
-    assert report["listed"] == 3 and report["pages"] == 2
-
-
-def test_api_backend_empty_and_error_answers(tmp_path, recorded_api):
-    result = scrape(make_cfg(tmp_path, backend="api", query="zzzz", download=False), api_url=recorded_api)
-    assert result.records == [] and result.pages == 1
-    with pytest.raises(ScrapeError, match="start must be non-negative"):
-        parse_atom((FIXTURES / "error.xml").read_text())
-
-
 def test_a_failing_listing_is_reported_not_raised(tmp_path, pdf_cache):
-    with DemoSite(cache_dir=pdf_cache, page_faults={"/api": "500"}) as site:
+    with FaultySite(cache_dir=pdf_cache, page_faults={"/api": "500"}) as site:
         cfg = make_cfg(tmp_path, backend="api")
         result = scrape(cfg, api_url=site.api_url())
         assert site.hits("/api/") == 3                              # 1 + max_retries
@@ -181,7 +44,7 @@ def test_a_failing_listing_is_reported_not_raised(tmp_path, pdf_cache):
 def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache):
     ids = [p.base_id for p in CORPUS]
     faults = dict(zip(ids, ["404", "500", "429_once", "not_pdf", "truncated", "redirect_offsite"]))
-    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, retry_after_s=1) as site:
+    with FaultySite(cache_dir=pdf_cache, pdf_faults=faults, retry_after_s=1) as site:
         cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=10)
         result = scrape(cfg, api_url=site.api_url())
         status = {r["id"].split("v")[0]: (result.status[r["id"]], result.reasons.get(r["id"], ""))
@@ -207,7 +70,7 @@ def test_download_faults_are_reported_and_the_batch_goes_on(tmp_path, pdf_cache)
 def test_hostile_names_oversize_and_html_labelled_pdf(tmp_path, pdf_cache):
     ids = [p.base_id for p in CORPUS]
     faults = dict(zip(ids, ["hostile_name", "oversize", "html_as_pdf", "503_once", "redirect_same_host"]))
-    with DemoSite(cache_dir=pdf_cache, pdf_faults=faults, oversize_mb=1.5, content_disposition=False) as site:
+    with FaultySite(cache_dir=pdf_cache, pdf_faults=faults, oversize_mb=1.5, content_disposition=False) as site:
         cfg = make_cfg(tmp_path, backend="api", page_size=10, max_papers=5, max_pdf_mb=1.0)
         result = scrape(cfg, api_url=site.api_url())
     by = {r["id"]: (result.status[r["id"]], result.reasons.get(r["id"], "")) for r in result.records}
@@ -314,7 +177,7 @@ def test_both_backends_give_the_same_records(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_relative_links_and_list_pages(tmp_path, pdf_cache):
-    with DemoSite(cache_dir=pdf_cache, page_size=3, link_style="relative") as site:
+    with FaultySite(cache_dir=pdf_cache, page_size=3, link_style="relative") as site:
         search = scrape(make_cfg(tmp_path / "s", max_papers=2), search_url=site.search_url("llm"))
         listing = scrape(make_cfg(tmp_path / "l", max_papers=10), search_url=site.list_url("cs.CL", show=4))
         assert 'href="/pdf/' in site_page(site, "/search/?query=llm")
@@ -341,8 +204,8 @@ def test_empty_results_page(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
-    hostile = ExtraEntry(raw_id="../../../tmp/evil", submitted="2024-06-30")
-    with DemoSite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
+    hostile = ExtraEntry(base_id="../../../tmp/evil", submitted="2024-06-30")
+    with FaultySite(cache_dir=pdf_cache, page_size=3, duplicate_ids=True, extra_entries=[hostile],
                   page_faults={"/search": "429_once"}, retry_after_s=1,
                   pdf_faults={CORPUS[3].base_id: "hostile_name"}) as site:
         cfg = make_cfg(tmp_path, max_papers=20)
@@ -363,10 +226,10 @@ def test_duplicates_hostile_ids_and_a_429_listing_page(tmp_path, pdf_cache):
 
 @pytest.mark.slow
 def test_demo_profile_serves_its_own_site_and_gets_every_paper(tmp_path):
-    from nbutils.scrape import run_scrape
+    from nbutils.scrape import run
 
     cfg = ScrapeConfig.from_params(profile="demo", data_dir=str(tmp_path))
-    result = run_scrape(cfg)
+    result = run(cfg)
     assert result.counts() == {"downloaded": len(CORPUS), "skipped": 0, "failed": 0}
     assert len(list((tmp_path / "cache" / "demo_site").glob("*.pdf"))) == len(CORPUS)
     report = read_json(cfg.report_path)
@@ -374,30 +237,3 @@ def test_demo_profile_serves_its_own_site_and_gets_every_paper(tmp_path):
     assert report["elapsed_s"] < 60
 
 
-def test_demo_papers_look_like_arxiv_pdfs(pdf_cache):
-    """What stage 02 and the generator rely on: 3-5 pages of real prose, a running header and a page number
-    on every page, a line-end hyphenation, References last; rendering is deterministic and cached."""
-    import io
-    import re
-
-    from pypdf import PdfReader
-
-    from nbutils.demo_site import cached_pdf, render_paper
-
-    assert 6 <= len(CORPUS) <= 8 and len({p.base_id for p in CORPUS}) == len(CORPUS)
-    for paper in CORPUS:
-        data = render_paper(paper)
-        assert data == render_paper(paper)                                   # deterministic
-        assert cached_pdf(paper, pdf_cache).read_bytes() == data
-        pages = [p.extract_text() for p in PdfReader(io.BytesIO(data)).pages]
-        assert 3 <= len(pages) <= 5, (paper.id, len(pages))
-        for n, text in enumerate(pages, 1):
-            lines = [l.strip() for l in text.splitlines() if l.strip()]
-            assert paper.short_title in lines, (paper.id, n)                    # running header
-            assert str(n) in lines, (paper.id, n)                               # page number
-        full = "\n".join(pages)
-        assert paper.title.split(":")[0] in " ".join(full.split()) and "Abstract" in full
-        assert re.search(r"[a-z]{2}-\n[a-z]{3}", full), paper.id              # hyphenated at a line end
-        assert full.rfind("References") > full.rfind("\n1 Introduction")
-        body_words = sum(len(p.split()) for p in pages[:-1]) / max(1, len(pages) - 1)
-        assert 300 <= body_words <= 600, (paper.id, body_words)

@@ -207,3 +207,11 @@ def test_near_duplicate_threshold_is_a_parameter():
     a, b = _t("Explain how rotary position embeddings work."), _t("Explain how the rotary position embeddings work.")
     qf = QualityFilter(near_dup_rouge_l=1.0)
     assert qf.keep(a) and qf.keep(b)
+
+
+def test_clean_field_keeps_bold_text_and_strips_only_unpaired_markers():
+    assert clean_field("**Bold** start") == "**Bold** start"
+    assert clean_field("plain **end**") == "plain **end**"
+    assert clean_field('"LoRA adds low-rank updates."\n\n**') == "LoRA adds low-rank updates."
+    assert clean_field("** answer") == "answer"
+    assert clean_field("text\n\n**\n---") == "text"

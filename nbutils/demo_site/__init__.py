@@ -2,7 +2,7 @@
 to PDFs (pdf.py) and served on 127.0.0.1 with arxiv.org's markup and export API (server.py)."""
 from .corpus import DemoPaper, load_corpus, parse_paper
 from .pdf import cached_pdf, render_paper
-from .server import PDF_FAULTS, PAGE_FAULTS, DemoSite, ExtraEntry, RequestRecord, atom_feed
+from .server import DemoSite, RequestRecord, atom_feed
 
-__all__ = ["DemoPaper", "DemoSite", "ExtraEntry", "PDF_FAULTS", "PAGE_FAULTS", "RequestRecord", "atom_feed",
-           "cached_pdf", "load_corpus", "parse_paper", "render_paper"]
+__all__ = ["DemoPaper", "DemoSite", "RequestRecord", "atom_feed", "cached_pdf", "load_corpus", "parse_paper",
+           "render_paper"]

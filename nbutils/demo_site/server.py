@@ -1,11 +1,12 @@
 """A local arXiv look-alike on 127.0.0.1: search result pages (arxiv.org markup, pagination), `/list/`
-listing pages, abs pages, PDFs and the export API (Atom), with switches for the faults a real crawl meets.
+listing pages, abs pages, PDFs and the export API (Atom).
 
     with DemoSite(cache_dir="data/cache/demo_site") as site:
         url = site.search_url("llm", date_from="2024-04-18")
         ...                      # site.requests: every request the server saw, with its arrival time
 
-It is both the demo profile's data source and the scrape tests' fixture.
+The demo profile's data source. The tests subclass it (tests/fake_arxiv.py) to add the faults a real crawl
+meets, through three hooks: `DemoSite.Handler`, `Handler.intercept` and `Handler.send_pdf`.
 """
 from __future__ import annotations
 
@@ -13,25 +14,22 @@ import html
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+from ..arxiv_ids import build_search_url
 from .corpus import DemoPaper, load_corpus
 from .pdf import cached_pdf
 
-PDF_FAULTS = ("404", "500", "503_once", "429_once", "not_pdf", "html_as_pdf", "truncated", "redirect_offsite",
-              "redirect_same_host", "hostile_name", "oversize")
-PAGE_FAULTS = ("429_once", "500", "503_once")
 CATEGORY_NAMES = {
     "cs.CL": "Computation and Language", "cs.LG": "Machine Learning", "cs.AI": "Artificial Intelligence",
     "cs.IR": "Information Retrieval", "stat.ML": "Machine Learning (stat)", "cs.SE": "Software Engineering",
     "cs.DC": "Distributed, Parallel, and Cluster Computing",
 }
-OFFSITE = "http://offsite.invalid"
 
 
 @dataclass
@@ -45,18 +43,6 @@ class RequestRecord:
     user_agent: str = ""
 
 
-@dataclass
-class ExtraEntry:
-    """A listing entry that is not a demo paper (e.g. a hostile id); its links point at `/pdf/<raw_id>`."""
-
-    raw_id: str
-    title: str = "An entry with a hostile identifier"
-    authors: tuple[str, ...] = ("Mallory Example",)
-    abstract: str = "This entry exists to test that identifiers from a listing are never trusted as paths (LLM)."
-    submitted: str = "2024-05-01"
-    categories: tuple[str, ...] = ("cs.CL",)
-
-
 def _esc(s: str) -> str:
     return html.escape(s, quote=True)
 
@@ -67,48 +53,22 @@ def _arxiv_date(iso: str) -> str:
     return f"{d.day} {d.strftime('%B')}, {d.year}"
 
 
-def _matches(paper: DemoPaper | ExtraEntry, terms: Iterable[str]) -> bool:
-    if isinstance(paper, DemoPaper):
-        hay = " ".join([paper.title, paper.abstract, " ".join(paper.authors), " ".join(paper.categories)])
-    else:
-        hay = " ".join([paper.title, paper.abstract, " ".join(paper.authors)])
-    hay = hay.lower()
+def _matches(paper: DemoPaper, terms: list[str]) -> bool:
+    hay = " ".join([paper.title, paper.abstract, " ".join(paper.authors), " ".join(paper.categories)]).lower()
     return all(t.lower() in hay for t in terms)
-
-
-def _submitted(paper: DemoPaper | ExtraEntry) -> str:
-    return paper.submitted
 
 
 class DemoSite:
     """The server. Start/stop it explicitly or use it as a context manager; `base_url` is set once started."""
 
+    Handler: ClassVar[type]      # the request handler class (set below, after it is defined)
+
     def __init__(self, cache_dir: str | Path | None = None, papers: list[DemoPaper] | None = None,
-                 page_size: int = 25, link_style: str = "absolute", pdf_faults: dict[str, str] | None = None,
-                 page_faults: dict[str, str] | None = None, duplicate_ids: bool = False,
-                 extra_entries: Iterable[ExtraEntry] = (), retry_after_s: int = 1, oversize_mb: float = 3.0,
-                 content_disposition: bool = True):
-        if link_style not in ("absolute", "relative"):
-            raise ValueError(f"link_style must be 'absolute' or 'relative', not {link_style!r}")
-        for pid, kind in (pdf_faults or {}).items():
-            if kind not in PDF_FAULTS:
-                raise ValueError(f"unknown pdf fault {kind!r} for {pid}: expected one of {', '.join(PDF_FAULTS)}")
-        for route, kind in (page_faults or {}).items():
-            if kind not in PAGE_FAULTS:
-                raise ValueError(f"unknown page fault {kind!r} for {route}: expected one of {', '.join(PAGE_FAULTS)}")
+                 page_size: int = 25):
         self.papers = papers if papers is not None else load_corpus()
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "nbutils" / "demo_site"
         self.page_size = page_size
-        self.link_style = link_style
-        self.pdf_faults = dict(pdf_faults or {})
-        self.page_faults = dict(page_faults or {})   # route prefix ("/search", "/list", "/abs", "/api") -> fault
-        self.duplicate_ids = duplicate_ids
-        self.extra_entries = list(extra_entries)
-        self.retry_after_s = retry_after_s
-        self.oversize_mb = oversize_mb
-        self.content_disposition = content_disposition
         self.requests: list[RequestRecord] = []
-        self._hits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -121,7 +81,7 @@ class DemoSite:
         self.pdf_paths = {p.base_id: cached_pdf(p, self.cache_dir) for p in self.papers}
         site = self
 
-        class Handler(_Handler):
+        class Handler(self.Handler):
             demo = site
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -147,7 +107,6 @@ class DemoSite:
 
     # ---------------------------------------------------------------- URLs for callers
     def search_url(self, query: str = "llm", date_from: str = "", date_to: str = "", size: int | None = None) -> str:
-        from ..scrape import build_search_url
         return build_search_url(self.base_url, query, date_from, date_to, size or self.page_size)
 
     def list_url(self, category: str = "cs.CL", show: int | None = None) -> str:
@@ -164,46 +123,39 @@ class DemoSite:
         with self._lock:
             return sum(1 for r in self.requests if r.path.startswith(prefix))
 
-    def _count(self, key: str) -> int:
-        with self._lock:
-            self._hits[key] = self._hits.get(key, 0) + 1
-            return self._hits[key]
-
     def _log(self, rec: RequestRecord) -> None:
         with self._lock:
             self.requests.append(rec)
 
     # ---------------------------------------------------------------- selection
-    def entries(self, terms: list[str], date_from: str, date_to: str, category: str = "") -> list:
+    def entries(self, terms: list[str], date_from: str, date_to: str, category: str = "") -> list[DemoPaper]:
+        """Papers matching every term, submitted in the range, in the category; newest first."""
         out = []
-        for p in list(self.papers) + self.extra_entries:
+        for p in self.papers:
             if terms and not _matches(p, terms):
                 continue
-            sub = _submitted(p)
-            if date_from and sub < date_from or date_to and sub > date_to:
+            if date_from and p.submitted < date_from or date_to and p.submitted > date_to:
                 continue
             if category and not any(c == category or c.split(".")[0] == category for c in p.categories):
                 continue
             out.append(p)
-        return sorted(out, key=lambda p: _submitted(p), reverse=True)
+        return sorted(out, key=lambda p: p.submitted, reverse=True)
 
     def page_of(self, entries: list, start: int, size: int) -> list:
-        page = entries[start:start + size]
-        if self.duplicate_ids and start > 0 and entries:
-            page = [entries[0]] + page      # the newest paper shows up again on later pages
-        return page
+        return entries[start:start + size]
 
     # ---------------------------------------------------------------- links
     def _href(self, path: str) -> str:
-        return f"{self.base_url}{path}" if self.link_style == "absolute" else path
+        """Search pages link absolutely, as arxiv.org's do (the /list/ pages use relative links)."""
+        return f"{self.base_url}{path}"
 
     @staticmethod
     def _ident(p) -> tuple[str, str]:
         """(id shown in listings, i.e. without version, as arXiv does; raw id for links)."""
-        return (p.base_id, p.base_id) if isinstance(p, DemoPaper) else (p.raw_id, p.raw_id)
+        return p.base_id, p.base_id
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     demo: DemoSite
     server_version = "DemoArxiv/1.0"
 
@@ -218,8 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         path = parts.path
         route = "/" + path.strip("/").split("/")[0] if path != "/" else "/"
-        fault = self.demo.page_faults.get(route)
-        if fault and self._page_fault(fault, route, rec):
+        if self.intercept(rec, route, path):
             return
         try:
             if path in ("/search", "/search/", "/search/advanced"):
@@ -239,17 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _page_fault(self, fault: str, route: str, rec: RequestRecord) -> bool:
-        n = self.demo._count(f"page:{route}")
-        if fault == "500":
-            self._error(rec, 500, "Internal Server Error")
-            return True
-        if fault == "503_once" and n == 1:
-            self._error(rec, 503, "Service Unavailable")
-            return True
-        if fault == "429_once" and n == 1:
-            self._error(rec, 429, "Too Many Requests", {"Retry-After": str(self.demo.retry_after_s)})
-            return True
+    def intercept(self, rec: RequestRecord, route: str, path: str) -> bool:
+        """Hook for the tests' fault switches: answer the request here and return True to skip the route."""
         return False
 
     def _send(self, rec: RequestRecord, status: int, body: bytes, ctype: str,
@@ -299,15 +241,15 @@ class _Handler(BaseHTTPRequestHandler):
         authors = ", ".join(f'<a href="/search/?searchtype=author&amp;query={quote(a)}">{_esc(a)}</a>'
                             for a in p.authors)
         short = _esc(p.abstract[:180].rsplit(" ", 1)[0])
-        if isinstance(p, DemoPaper) and p.version > 1:
+        if p.version > 1:
             dates = (f"{_arxiv_date(p.updated)}; <span class=\"has-text-black-bis has-text-weight-semibold\">"
                      f"v1</span> submitted {_arxiv_date(p.submitted)}")
         else:
-            dates = _arxiv_date(_submitted(p))
-        announced = date.fromisoformat(_submitted(p)).strftime("%B %Y")
+            dates = _arxiv_date(p.submitted)
+        announced = date.fromisoformat(p.submitted).strftime("%B %Y")
         comments = (f'<p class="comments is-size-7"><span class="has-text-black-bis has-text-weight-semibold">'
                     f'Comments:</span> <span class="has-text-grey-dark mathjax">{_esc(p.comments)}</span></p>'
-                    if isinstance(p, DemoPaper) and p.comments else "")
+                    if p.comments else "")
         return f"""<li class="arxiv-result">
   <div class="is-marginless">
     <p class="list-title is-inline-block"><a href="{_esc(abs_href)}">arXiv:{_esc(shown)}</a>
@@ -418,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
             "citation_title": p.title, "citation_arxiv_id": p.base_id,
             "citation_date": p.submitted.replace("-", "/"), "citation_pdf_url": f"{self.demo.base_url}/pdf/{p.id}"}))
 
-    # ------------------------------------------------------------ PDFs, with the fault switches
+    # ------------------------------------------------------------ PDFs
     def _pdf(self, rec: RequestRecord, raw: str) -> None:
         d = self.demo
         pid = raw[:-4] if raw.endswith(".pdf") else raw
@@ -427,57 +369,28 @@ class _Handler(BaseHTTPRequestHandler):
         if p is None or (m and not 1 <= int(m.group(1)) <= p.version):
             self._error(rec, 404, "Not Found")
             return
-        fault = d.pdf_faults.get(p.base_id)
-        data = d.pdf_paths[p.base_id].read_bytes()
         served_id = pid if m else p.id
-        headers = {"Content-Disposition": f'inline; filename="{served_id}.pdf"'} if d.content_disposition else {}
-        n = d._count(f"pdf:{p.base_id}")
-        if fault == "404":
-            self._error(rec, 404, "Not Found")
-        elif fault == "500":
-            self._error(rec, 500, "Internal Server Error")
-        elif fault == "503_once" and n == 1:
-            self._error(rec, 503, "Service Unavailable")
-        elif fault == "429_once" and n == 1:
-            self._error(rec, 429, "Too Many Requests", {"Retry-After": str(d.retry_after_s)})
-        elif fault == "not_pdf":
-            self._send(rec, 200, _page("Captcha", "<p>Please verify you are a human.</p>").encode(),
-                       "text/html; charset=utf-8")
-        elif fault == "html_as_pdf":
-            self._send(rec, 200, b"<!DOCTYPE html><html><body>not a pdf</body></html>", "application/pdf", headers)
-        elif fault == "truncated":
-            self._send(rec, 200, data[: len(data) // 2], "application/pdf", headers)
-        elif fault == "redirect_offsite":
-            rec.status = 302
-            self.send_response(302)
-            self.send_header("Location", f"{OFFSITE}/pdf/{p.id}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif fault == "redirect_same_host" and not m:
-            rec.status = 301
-            self.send_response(301)
-            self.send_header("Location", f"/pdf/{p.id}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif fault == "hostile_name":
-            self._send(rec, 200, data, "application/pdf",
-                       {"Content-Disposition": 'attachment; filename="../../../../tmp/evil v9.pdf"'})
-        elif fault == "oversize":
-            big = data[:-6] + b"\n" * int(d.oversize_mb * 1024 * 1024) + b"%%EOF\n"
-            self._send(rec, 200, big, "application/pdf", headers)
-        else:
-            self._send(rec, 200, data, "application/pdf", headers)
+        headers = {"Content-Disposition": f'inline; filename="{served_id}.pdf"'}
+        self.send_pdf(rec, p, bool(m), d.pdf_paths[p.base_id].read_bytes(), headers)
+
+    def send_pdf(self, rec: RequestRecord, paper: DemoPaper, versioned: bool, data: bytes,
+                 headers: dict[str, str]) -> None:
+        """Hook for the tests' fault switches: send one PDF (`versioned`: the URL named a version)."""
+        self._send(rec, 200, data, "application/pdf", headers)
 
     # ------------------------------------------------------------ export API (Atom)
     def _atom(self, q: dict[str, str]) -> str:
         d = self.demo
         terms, date_from, date_to = parse_api_query(q.get("search_query", ""))
         start, max_results = int(q.get("start") or 0), int(q.get("max_results") or 10)
-        entries = [e for e in d.entries(terms, date_from, date_to) if isinstance(e, DemoPaper)]
+        entries = [e for e in d.entries(terms, date_from, date_to) if isinstance(e, DemoPaper)]  # papers only
         if q.get("sortOrder") == "ascending":
             entries = entries[::-1]
         page = d.page_of(entries, start, max_results)
         return atom_feed(page, len(entries), start, max_results, q.get("search_query", ""), base=d.base_url)
+
+
+DemoSite.Handler = Handler  # what start() serves with; a subclass of DemoSite may set its own
 
 
 def parse_api_query(search_query: str) -> tuple[list[str], str, str]:

@@ -18,7 +18,7 @@ Only the plain case is fused: one active vanilla LoRA adapter (no DoRA or other 
 no per-call adapter names, and either autocast on or the input already in the adapter's dtype. Anything else goes
 to PEFT's own forward unchanged.
 
-    from nbutils.fused_lora import fuse_lora_layers
+    from nbutils.kernels.fused_lora import fuse_lora_layers
     n = fuse_lora_layers(peft_model)          # after the adapter is attached (e.g. after SFTTrainer(...))
 """
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 It answers POST /openai/v1/chat/completions (what the real groq client calls) and /v1/chat/completions,
 with Groq-style x-ratelimit-* headers. Knobs: a latency, a requests/minute limit enforced with a token
-bucket (429 + Retry-After when exceeded), and a `script` of faults served to the first requests
-(status codes with Retry-After, a hang longer than the client's timeout, a malformed body, empty choices).
+bucket (429 + Retry-After when exceeded), and a `script` of faults served to the first requests, one
+dict each: {"status": 429, "retry_after": "3600"}, {"hang_s": 2}, {"raw": "<html>"}, {"choices": []},
+{"content": "  "} (an empty reply), {"drip_s": 1.0} (the reply one byte a second), {"status": 400,
+"echo_headers": True} (an error body that echoes the request's headers, Authorization included).
 It records every request it receives. Replies are deterministic triples built from the page text.
 
     with FakeLLMServer(latency_s=0.1, rpm=600) as srv:
@@ -142,6 +144,12 @@ class FakeLLMServer:
                 self._record(action.get("status", 200), body)
                 if action.get("hang_s"):
                     time.sleep(action["hang_s"])
+                if action.get("echo_headers"):
+                    sent = f"Authorization: {self.headers.get('Authorization')}; " + json.dumps(dict(self.headers))
+                    err = {"error": {"message": "bad request; you sent: " + sent}}
+                    return self._send(action.get("status", 400), json.dumps(err).encode())
+                if action.get("drip_s"):
+                    return self._drip(json.dumps(server._completion(body)).encode(), action["drip_s"])
                 if "raw" in action:
                     return self._send(action.get("status", 200), action["raw"].encode())
                 if action.get("status", 200) != 200:
@@ -154,6 +162,20 @@ class FakeLLMServer:
                 if "content" in action:
                     payload["choices"][0]["message"]["content"] = action["content"]
                 return self._send(200, json.dumps(payload).encode(), server._ratelimit_headers())
+
+            def _drip(self, payload: bytes, every_s: float):
+                """A 200 whose body arrives one byte every `every_s` seconds (until the client hangs up)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    for i in range(len(payload)):
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(every_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
         return Handler
 

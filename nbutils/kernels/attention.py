@@ -8,7 +8,7 @@ kwargs. With them, each sample attends only to itself (block-diagonal causal) at
 batches and generation go to transformers' SDPA path unchanged. Where the kernel cannot run (CPU, a GPU older than
 Ampere, attention dropout in training) a packed row still never mixes samples: SDPA gets a block-diagonal mask.
 
-    from nbutils.attention import register, VARLEN
+    from nbutils.kernels.attention import register, VARLEN
     register(); model.set_attn_implementation(VARLEN)   # or load_causal_lm(..., attn_implementation=VARLEN)
 """
 from __future__ import annotations

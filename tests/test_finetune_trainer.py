@@ -1,4 +1,4 @@
-"""nbutils/trainer.py: the sync-free SFTTrainer logs what TRL's own SFTTrainer logs, trains the same, and stops
+"""nbutils/finetune/trainer.py: the sync-free SFTTrainer logs what TRL's own SFTTrainer logs, trains the same, and stops
 reading the GPU on every micro-batch."""
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from nbutils import finetune as ft
+from nbutils.finetune import data, runtime
+from nbutils.finetune import train as tr
+from nbutils.finetune.trainer import SyncFreeSFTTrainer
 from nbutils.models import load_tokenizer
-from nbutils.trainer import SyncFreeSFTTrainer
 
 from test_finetune import tiny_cfg, write_original_json
 
@@ -19,13 +20,13 @@ LOGGED = ("loss", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tok
 
 def train_logs(data_dir, stock: bool, **kw) -> tuple[list[dict], SFTTrainer]:
     cfg = tiny_cfg(data_dir, max_steps=3, gradient_accumulation_steps=2, logging_steps=2, **kw)
-    rt = ft.resolve_runtime(cfg, device="cpu")
+    rt = runtime.resolve_runtime(cfg, device="cpu")
     tok = load_tokenizer(cfg.base_model, cfg.data_dir)
-    ft.choose_pad_token(tok)
-    train, _, _ = ft.load_training_data(cfg, tok, verbose=False)
+    data.choose_pad_token(tok)
+    train, _, _ = data.load_training_data(cfg, tok, verbose=False)
     torch.manual_seed(0)
-    model = ft.load_model_for_training(cfg, rt)
-    trainer = ft.build_trainer(cfg, rt, model, tok, train, None)
+    model = tr.load_model_for_training(cfg, rt)
+    trainer = tr.build_trainer(cfg, rt, model, tok, train, None)
     if stock:  # TRL's and the Trainer's own methods on the same object
         for name in SyncFreeSFTTrainer.DEFERRING_METHODS:
             setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
@@ -52,11 +53,11 @@ def test_no_read_back_between_logs(data_dir_with_model, monkeypatch):
     """Between two logging steps nothing is turned into a Python number: the counters wait for the log."""
     write_original_json(data_dir_with_model)
     cfg = tiny_cfg(data_dir_with_model, max_steps=2, gradient_accumulation_steps=2, logging_steps=10)
-    rt = ft.resolve_runtime(cfg, device="cpu")
+    rt = runtime.resolve_runtime(cfg, device="cpu")
     tok = load_tokenizer(cfg.base_model, cfg.data_dir)
-    ft.choose_pad_token(tok)
-    train, _, _ = ft.load_training_data(cfg, tok, verbose=False)
-    trainer = ft.build_trainer(cfg, rt, ft.load_model_for_training(cfg, rt), tok, train, None)
+    data.choose_pad_token(tok)
+    train, _, _ = data.load_training_data(cfg, tok, verbose=False)
+    trainer = tr.build_trainer(cfg, rt, tr.load_model_for_training(cfg, rt), tok, train, None)
     seen = []
     real_log = SyncFreeSFTTrainer.log
 

@@ -1,0 +1,51 @@
+"""Parameters of 05_evaluate (the notebook's parameters, same names). A field holds the `full` value."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from nbutils.config import StageConfig, option
+
+JUDGE_BACKENDS = ("", "groq", "openai", "local")
+
+
+@dataclass
+class EvalConfig(StageConfig):
+    """Base vs tuned on the held-out split: generation, scoring, bootstrap and the optional judge."""
+
+    PROFILE_OVERRIDES: ClassVar[dict] = {
+        "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
+                 "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024},
+    }
+    PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "adapter_dir": "adapter", "reports_dir": "reports",
+                                   "cache_dir": "cache"}
+
+    base_model: str = option("meta-llama/Meta-Llama-3-8B", "hub id or local folder (the one 04 trained on)")
+    adapter_dir: str | None = option(None, "None: data_dir/models/adapter")
+    dataset_dir: str | None = option(None, "None: data_dir/dataset (made from triples / original JSON if absent)")
+    reports_dir: str | None = option(None, "None: data_dir/reports")
+    cache_dir: str | None = option(None, "None: data_dir/cache (predictions cache under cache/eval/)")
+    split: str = option("test", "which split of the frozen dataset to evaluate", choices=("test", "train"))
+    max_examples: int = option(0, "0: the whole split; else its first N rows")
+    max_new_tokens: int = option(512, "answer length cap (new tokens)")
+    batch_size: int = option(64, "prompts per generate call (length-sorted, left-padded)")
+    nll_batch_size: int = option(0, "sequences per reference-NLL forward; 0: same as batch_size")
+    max_prompt_tokens: int = option(2048, "longer prompts keep their last tokens (counted in the report)")
+    max_reference_tokens: int = option(512, "reference answers scored for NLL up to this many tokens")
+    template: str | None = option(None, "None: what 04 recorded in the adapter's train_log.json, else alpaca")
+    do_sample: bool = option(False, "False: greedy (deterministic); True: temperature/top_p sampling with seed")
+    temperature: float = option(0.5, "used only when do_sample (the original's value)")
+    top_p: float = option(0.5, "used only when do_sample (the original's value)")
+    seed: int = option(42, "sampling and bootstrap seed")
+    load_in_4bit: bool | None = option(None, "None: 4-bit only on a CUDA GPU with < 40 GiB; bf16 otherwise")
+    static_cache: bool = option(False, "generate(cache_implementation='static') (GPU; measure first)")
+    n_bootstrap: int = option(10000, "bootstrap resamples")
+    confidence: float = option(0.95, "confidence level of the bootstrap intervals")
+    n_show: int = option(3, "best and worst examples shown in report.md")
+    resume: bool = option(True, "reuse cached predictions of finished examples")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    judge_backend: str = option("", "'' (off), 'groq', 'openai' or 'local': pairwise LLM judge, both answer orders",
+                                choices=JUDGE_BACKENDS)
+    judge_model: str | None = option(None, "None: the backend's default model")
+    judge_base_url: str | None = option(None, "OpenAI-compatible server URL (judge_backend='openai')")
+    judge_max_examples: int = option(0, "0: judge every evaluated example")

@@ -1,0 +1,116 @@
+"""Stage 04's knobs: each field holds the `full` recipe's value and its help text; the demo profile is a short dict
+of overrides. The memory thresholds the runtime decides with are defined here, once, and cited by the help text,
+the code and its messages."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import StageConfig, option
+from ..templates import ALPACA, TEMPLATES
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# memory_mode="auto" picks "fast" on a GPU with at least this much memory. Fast-mode peaks measured on an H100,
+# random-weight Llama-3-8B nf4, 4 x 4 x 2048 tokens (benchmarks/RESULTS.md): 58.9 GiB with PEFT's LoRA dropout,
+# which keeps a dropped copy of every projection's input; 41.4 GiB with the dropout inside
+# nbutils.kernels.fused_lora_triton's kernels or with no LoRA dropout.
+FAST_MIN_GPU_GIB = 70.0
+FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
+# keep_base_weight=None keeps each dequantised 4-bit base weight from the forward to the backward in fast mode on a
+# GPU with at least this much: +13 GiB for Llama-3-8B (41.3 -> 54.3 GiB peak), so not on 48 GB cards.
+KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
+# What each memory mode sets among the fields left at None (measured as above, run 13: fast 14,634 tok/s at
+# 54.3 GiB with keep_base_weight, 14,412 at 41.3 GiB without; lean 9,575 tok/s at 9.4 GiB; the original recipe,
+# bf16-loaded, 7,195 tok/s at 10.5 GiB).
+MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_fused"},
+                "lean": {"gradient_checkpointing": True, "optim": "paged_adamw_8bit"}}
+AUTO = "auto"
+
+
+@dataclass
+class FinetuneConfig(StageConfig):
+    """Every knob of stage 04; `FinetuneConfig()` is the full recipe. `None` paths default under data_dir.
+
+    The original project's recipe exactly: memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
+    attn_implementation="sdpa", packing=False, fuse_lora=False."""
+
+    PROFILE_OVERRIDES: ClassVar[dict] = {
+        # ~2 minutes on 2 CPU cores: SmolLM2-135M, plain LoRA r=16 on the same 7 projections, 384 tokens.
+        "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "load_in_4bit": False, "lora_r": 16,
+                 "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 2,
+                 "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
+                 "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 8,
+                 "packing": False},
+    }
+    PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "output_dir": "adapter",
+                                   "checkpoint_dir": "checkpoints", "merged_dir": "merged"}
+
+    base_model: str = option("meta-llama/Meta-Llama-3-8B", "hub id (HF_TOKEN from the environment) or local folder")
+    load_in_4bit: bool = option(True, "QLoRA: nf4 double-quant base (CUDA only; CPU trains plain LoRA)")
+    template: str = option(ALPACA, "prompt format: the original's Alpaca text or the model's chat template",
+                           choices=TEMPLATES)
+    # LoRA
+    lora_r: int = option(64, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = option(0.1, "dropout on the LoRA input")
+    lora_target_modules: list = option(LORA_TARGETS, "projections that get a LoRA adapter")
+    # optimisation
+    num_train_epochs: float = option(3.0, "epochs over the train split (when max_steps <= 0)")
+    max_steps: int = option(-1, "> 0: this many optimizer steps, overriding num_train_epochs")
+    per_device_train_batch_size: int = option(4, "rows per micro-batch and GPU")
+    gradient_accumulation_steps: int = option(4, "micro-batches per optimizer step")
+    per_device_eval_batch_size: int = option(8, "rows per eval batch")
+    learning_rate: float = option(2e-4, "peak learning rate")
+    lr_scheduler_type: str = option("linear", "transformers scheduler name")
+    warmup_steps: int = option(5, "linear warm-up steps")
+    max_grad_norm: float = option(0.3, "gradient clipping norm")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    optim: str | None = option(None, "transformers optimizer name; None: from memory_mode (fast: adamw_torch_fused, "
+                               "lean: paged_adamw_8bit); CPU falls back to adamw_torch")
+    gradient_checkpointing: bool | None = option(None, "None: from memory_mode (fast: off, lean: on)")
+    memory_mode: str = option(AUTO, f"fast (no checkpointing, fused AdamW) or lean (checkpointing, paged 8-bit "
+                              f"AdamW); auto: on CUDA fast with >= {FAST_MIN_GPU_GIB_FUSED_DROPOUT:g} GiB "
+                              f"(>= {FAST_MIN_GPU_GIB:g} GiB where PEFT's own LoRA dropout keeps its copies), else "
+                              "lean; CPU: lean. Fills only gradient_checkpointing/optim left at None",
+                              choices=(AUTO, *MEMORY_MODES))
+    use_liger_kernel: bool | None = option(None, "Liger's fused RMSNorm/SwiGLU/RoPE/loss kernels; None: on with "
+                                           "CUDA when liger-kernel imports")
+    fuse_lora: bool = option(True, "LoRA scale and sum folded into one GEMM and, on CUDA, the LoRA dropout inside "
+                             "Triton kernels (nbutils.kernels; same math); False: PEFT's own forward")
+    keep_base_weight: bool | None = option(None, "fused LoRA + Triton dropout + 4-bit: keep each dequantised base "
+                                           "weight for the backward (+13 GiB on Llama-3-8B); None: on in fast "
+                                           f"mode with >= {KEEP_BASE_WEIGHT_MIN_GPU_GIB:g} GiB GPU memory")
+    upcast_non_quantized: bool = option(False, "4-bit: fp32 copy of embeddings/norms/lm_head (peft's "
+                                        "prepare_model_for_kbit_training, the original's; slower, +5 GiB)")
+    seed: int = option(42, "seed of the split, the data order and LoRA's initialisation")
+    # sequences
+    max_length: int = option(2048, "tokens per row (longer rows are truncated, and counted)")
+    packing: bool | str = option(AUTO, "padding-free packing only (samples never attend to each other); auto: on "
+                                 "with flash-attn or sdpa_varlen, off otherwise", choices=(AUTO,))
+    packing_strategy: str = option("bfd", "TRL packing strategy; only the padding-free ones are accepted",
+                                   choices=("bfd", "bfd_split", "wrapped"))
+    max_train_samples: int | None = option(None, "use only the first N train rows")
+    max_eval_samples: int | None = option(None, "use only the first N test rows for the eval loss")
+    # evaluation / checkpoints / logs
+    eval_steps: int = option(50, "eval loss on the test split every N steps (and before step 1)")
+    save_steps: int = option(50, "checkpoint every N steps")
+    save_total_limit: int = option(3, "checkpoints kept")
+    logging_steps: int = option(5, "log loss, tokens/s and memory every N steps")
+    resume: bool | str = option(AUTO, "auto: continue a checkpoint of the same run; True: must; False: start "
+                                "fresh. Checkpoints not resumed are moved aside, never deleted", choices=(AUTO,))
+    merge: bool = option(False, "also write the merged full model to merged_dir")
+    attn_implementation: str | None = option(None, "None: flash_attention_2 when usable, else on CUDA sdpa_varlen "
+                                             "(PyTorch's flash varlen kernel) when packing, else sdpa")
+    multi_gpu: bool | str = option(AUTO, "auto: more than one visible GPU -> accelerate launch (DDP)",
+                                   choices=(AUTO,))
+    num_processes: int | None = option(None, "GPUs for accelerate launch (None: all visible)")
+    dataset_dir: str | None = option(None, "None: data_dir/dataset")
+    output_dir: str | None = option(None, "the adapter folder; None: data_dir/models/adapter")
+    checkpoint_dir: str | None = option(None, "None: data_dir/models/checkpoints")
+    merged_dir: str | None = option(None, "None: data_dir/models/merged")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length < 16:
+            raise ValueError(f"max_length={self.max_length} is too small to hold a prompt and an answer")

@@ -1,0 +1,19 @@
+"""Stage 03 · generate: pages.jsonl -> LLM replies (cached) -> triples.jsonl, the original-format JSON, dataset/.
+
+    cfg = GenerateConfig.from_params(profile="demo", data_dir="data")
+    result = run(cfg)            # GenerateResult: .summary(), .table() (one row per page)
+
+Modules: config (GenerateConfig), prompts, jobs (pages, windows, cache keys, the cache), calls (the LLM,
+through nbutils.llm), build (replies -> filtered triples), result, stage (run, the outputs), plots.
+"""
+from .build import trim_unfinished
+from .config import DEFAULT_PRICES, GenerateConfig
+from .jobs import load_cache, make_jobs, select_pages
+from .plots import load_triples, plot_drop_reasons, plot_field_lengths, show_examples
+from .prompts import BUILTIN_PROMPTS, ORIGINAL_PROMPT, PromptTemplate, load_prompt
+from .result import GenerateResult
+from .stage import run
+
+__all__ = ["GenerateConfig", "GenerateResult", "run", "PromptTemplate", "BUILTIN_PROMPTS", "ORIGINAL_PROMPT",
+           "DEFAULT_PRICES", "load_prompt", "select_pages", "make_jobs", "load_cache", "trim_unfinished",
+           "load_triples", "show_examples", "plot_drop_reasons", "plot_field_lengths"]

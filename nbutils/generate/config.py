@@ -1,0 +1,96 @@
+"""What 03_generate can be told: one field per knob, its `full` default and help; the demo profile's overrides."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..config import StageConfig, option
+from ..llm import DEFAULT_MODELS
+from .prompts import BUILTIN_PROMPTS, PromptTemplate, load_prompt
+
+CACHE_FILE = "generate_replies.jsonl"
+BACKENDS = tuple(DEFAULT_MODELS)
+
+# USD per million tokens (input, output); Groq's list prices. Unknown models cost 0 and say so.
+DEFAULT_PRICES = {
+    "llama-3.3-70b-versatile": (0.59, 0.79),
+    "llama3-70b-8192": (0.59, 0.79),
+    "llama-3.1-8b-instant": (0.05, 0.08),
+    "llama3-8b-8192": (0.05, 0.08),
+}
+
+
+@dataclass
+class GenerateConfig(StageConfig):
+    """Everything 03_generate can be told; `None` paths default under data_dir (docs/pipeline.md names)."""
+
+    PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
+                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "repetition_penalty": 1.15},
+    }
+    PATH_FIELDS: ClassVar[dict[str, str]] = {"pages_path": "pages", "triples_path": "triples",
+                                             "instruction_json_path": "instruction_json", "dataset_dir": "dataset",
+                                             "cache_dir": "cache"}
+
+    backend: str = option("groq", "groq, openai (any OpenAI-compatible server) or local (transformers)",
+                          choices=BACKENDS)
+    model: str | None = option(None, "None: the backend's default (llama-3.3-70b-versatile on groq, "
+                                     "SmolLM2-135M-Instruct on local); openai needs one")
+    base_url: str | None = option(None, "groq: None = $GROQ_BASE_URL or Groq; openai: the server's /v1 URL")
+    max_pages: int = option(0, "pages (or windows) sent, spread round-robin over papers; 0 = all")
+    prompt: str = option("original", "built-in prompt", choices=tuple(BUILTIN_PROMPTS))
+    prompt_file: str | None = option(None, "your own prompt, overrides `prompt`: .txt (with {text}) or .json")
+    json_mode: bool | None = option(None, "ask for JSON and validate it; None: the prompt decides (groq/openai)")
+    max_input_chars: int = option(12000, "page text cut to this many characters")
+    window_chars: int = option(0, ">0: pages cut into windows of about this many characters (small models)")
+    min_page_chars: int = option(200, "shorter pages are skipped (counted)")
+    max_tokens: int = option(1024, "reply length limit")
+    temperature: float = option(0.5, "sampling temperature (0: greedy)")
+    workers: int | None = option(None, "concurrent requests; None: the provider's default")
+    rpm: float | None = option(None, "requests/minute; None: the provider's default, 0: unlimited")
+    tpm: float | None = option(None, "tokens/minute; None: the provider's default, 0: unlimited")
+    max_attempts: int = option(6, "tries per page, then it is recorded as failed (retried next run)")
+    timeout_s: float = option(60.0, "total seconds one request may take (connect, wait and reply together)")
+    max_wait_s: float = option(120.0, "a longer Retry-After is not waited for: sending stops, rerun later")
+    batch_size: int = option(8, "local backend: prompts per generate call")
+    repetition_penalty: float = option(1.0, "local backend")
+    threads: int = option(0, "local backend: torch CPU threads (0: torch's default)")
+    min_instruction_chars: int = option(10, "shorter instructions are dropped")
+    min_output_chars: int = option(3, "shorter outputs are dropped")
+    max_field_chars: int = option(4000, "longer fields are dropped")
+    near_dup_rouge_l: float = option(0.7, "instructions this similar (ROUGE-L F) to a kept one are dropped")
+    test_size: float = option(0.2, "share of papers held out for the test split")
+    seed: int = option(42, "split seed")
+    prices: dict = option(DEFAULT_PRICES, "model -> [USD per million input tokens, per million output tokens]")
+    pages_path: str | None = option(None, "input (None: data_dir/pages.jsonl)")
+    triples_path: str | None = option(None, "output (None: data_dir/triples.jsonl)")
+    instruction_json_path: str | None = option(None, "output (None: data_dir/arxiv_instruction_dataset.json)")
+    dataset_dir: str | None = option(None, "output split (None: data_dir/dataset)")
+    cache_dir: str | None = option(None, "raw replies (None: data_dir/cache)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size={self.test_size} must be between 0 and 1 (a share of the papers)")
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODELS.get(self.backend, "")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) / CACHE_FILE
+
+    @property
+    def report_path(self) -> Path:
+        return self.paths.generate_report
+
+    def template(self) -> PromptTemplate:
+        return load_prompt(self.prompt, self.prompt_file)
+
+    def use_json_mode(self) -> bool:
+        return self.template().json_mode if self.json_mode is None else bool(self.json_mode)
+
+    def gen_params(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "json_mode": self.use_json_mode()}

@@ -1,0 +1,95 @@
+"""A total time limit on one HTTP request: connect, send, wait and read, all together.
+
+httpx's timeouts are per operation: a server that sends one byte a second never trips a 3 s read timeout
+and keeps the request alive for as long as it likes. `DeadlineTransport(total_s)` is an httpx transport whose
+network streams give every socket operation only the time left until the request's deadline, so the
+request ends with a timeout `total_s` after it started, however the server paces its bytes. Used by both
+remote backends (the groq client takes it through `http_client`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpcore
+import httpx
+
+_now = threading.local()   # the deadline of the request this thread is making (one at a time per thread)
+
+
+def _left(timeout: float | None, exc: type[Exception]) -> float | None:
+    """The per-operation timeout cut to what is left of the request's total time; past it, `exc`."""
+    deadline = getattr(_now, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise exc(f"the request's total time limit of {_now.total_s:g} s was reached")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
+                                                       local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
+                                                               socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# as many connections as the groq client allows (httpcore's own default of 10 would cap 25 workers at 10)
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=5.0)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx.HTTPTransport whose every request (headers and body) must finish within `total_s` seconds."""
+
+    def __init__(self, total_s: float, limits: httpx.Limits = CONNECTION_LIMITS):
+        super().__init__(limits=limits)
+        self.total_s = total_s
+        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                             max_connections=limits.max_connections,
+                                             max_keepalive_connections=limits.max_keepalive_connections,
+                                             keepalive_expiry=limits.keepalive_expiry,
+                                             network_backend=_DeadlineBackend())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _now.deadline, _now.total_s = time.monotonic() + self.total_s, self.total_s
+        return super().handle_request(request)
+
+
+def deadline_client(total_s: float, **kwargs: Any) -> httpx.Client:
+    """An httpx.Client whose requests each end within `total_s` seconds (per-operation timeouts too)."""
+    return httpx.Client(transport=DeadlineTransport(total_s), timeout=total_s, **kwargs)
