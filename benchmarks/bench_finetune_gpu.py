@@ -261,7 +261,7 @@ CASES = {c.name: c for c in [
     Case("stage_lean_keep_nodrop", auto=True, memory_mode="lean", keep=True, lora_dropout=0.0,
          note="stage lean with keep_base_weight, LoRA dropout 0"),
     Case("stage_lean_offload", auto=True, memory_mode="lean", patch="offload",
-         note="stage lean, checkpointed layer inputs in pinned host memory (nbutils.offload_checkpoint)"),
+         note="stage lean, checkpointed layer inputs in pinned host memory (nbutils.kernels.offload_checkpoint)"),
     Case("stage_lean_offload_nodrop", auto=True, memory_mode="lean", lora_dropout=0.0, patch="offload",
          note="stage lean, offloaded checkpoints, LoRA dropout 0"),
     Case("stage_lean_offload_keep", auto=True, memory_mode="lean", keep=True, patch="offload",
@@ -633,7 +633,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
     if case.patch == "stocktrl":
         use_stock_trl(trainer)
     if case.patch == "offload":
-        from nbutils.offload_checkpoint import offloaded_checkpointing_callback
+        from nbutils.kernels.offload_checkpoint import offloaded_checkpointing_callback
 
         trainer.add_callback(offloaded_checkpointing_callback())
     if timer.profile and args.trace_dir:

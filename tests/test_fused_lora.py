@@ -176,7 +176,7 @@ def test_no_dropout_under_gradient_checkpointing_equals_peft():
 
 def test_no_dropout_without_gradients_stays_off_the_node(monkeypatch):
     """Inference (no_grad: generation, evaluation) keeps the plain addmm path: no autograd node to build."""
-    import nbutils.fused_lora as fl
+    import nbutils.kernels.fused_lora as fl
 
     model, x, ref = fused_eval_model()
     model.train()

@@ -114,7 +114,7 @@ def torch_checkpoint(fn, x):
 
 
 def offloaded(fn, x):
-    from nbutils.offload_checkpoint import offloaded_checkpoint
+    from nbutils.kernels.offload_checkpoint import offloaded_checkpoint
 
     return offloaded_checkpoint(fn, x)
 

@@ -1,4 +1,4 @@
-"""nbutils.offload_checkpoint: the same outputs and gradients as no checkpointing and as torch's checkpointing,
+"""nbutils.kernels.offload_checkpoint: the same outputs and gradients as no checkpointing and as torch's checkpointing,
 dropout masks replayed, on a transformers model through its own checkpointing hook."""
 import pytest
 
@@ -6,8 +6,8 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from nbutils.fused_lora import fuse_lora_layers  # noqa: E402
-from nbutils.offload_checkpoint import (offloaded_checkpoint, offloaded_checkpointing_callback,  # noqa: E402
+from nbutils.kernels.fused_lora import fuse_lora_layers  # noqa: E402
+from nbutils.kernels.offload_checkpoint import (offloaded_checkpoint, offloaded_checkpointing_callback,  # noqa: E402
                                         offloaded_layer_count, use_offloaded_checkpointing)
 
 

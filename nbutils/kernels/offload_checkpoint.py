@@ -8,7 +8,7 @@ gradients on, the CPU and CUDA random states of its first run restored (dropout 
 seeds) and the same autocast state; the first run also has gradients on (with its saved tensors dropped), so it takes
 exactly the code path of the recompute.
 
-    from nbutils.offload_checkpoint import use_offloaded_checkpointing
+    from nbutils.kernels.offload_checkpoint import use_offloaded_checkpointing
     use_offloaded_checkpointing(model)   # after checkpointing is enabled (transformers' GradientCheckpointingLayer)
 
 On CPU tensors nothing is copied (the input is kept as is): same results, no saving.
