@@ -22,7 +22,7 @@ liger-kernel installed (memory_mode fast / lean; `default` is fast with paged 8-
 knob at all (the stage's own resolution, printed). The cases share one loaded base model, reset to its loaded dtypes
 before each case.
 
-Issue 15: `stage_auto[_nodrop]`, `stage_lean*` (memory_mode lean; `_offload`: nbutils.offload_checkpoint's
+Issue 15: `stage_auto[_nodrop]`, `stage_lean*` (memory_mode lean; `_offload`: nbutils.kernels.offload_checkpoint's
 offloaded checkpointing on top) at LoRA dropout 0.1 and 0, against `unsloth_{fast,default}[_nodrop]`: Unsloth
 trained as its notebooks do, each case in its own process (benchmarks/unsloth_case.py) with `--unsloth-site`
 first on its PYTHONPATH; a second table pairs each stage case with its Unsloth counterpart.
