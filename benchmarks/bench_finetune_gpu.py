@@ -794,7 +794,8 @@ def print_unsloth_comparison(results: list[dict]) -> list[dict]:
             "Unsloth GiB | loss stage / Unsloth |")
         log("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            loss = " / ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in (r["stage_loss"], r["unsloth_loss"]))
+            loss = " / ".join(f"{x:.4f}" if isinstance(x, float) else str(x)
+                              for x in (r["stage_loss"], r["unsloth_loss"]))
             log(f"| {r['stage']} | {r['unsloth']} | {r['lora_dropout']} | {r['stage_tok_s']:,} | {r['unsloth_tok_s']:,} | "
                 f"{r['ratio']} | {r['stage_peak_gib']} | {r['unsloth_peak_gib']} | {loss} |")
     return rows

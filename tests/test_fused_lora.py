@@ -1,4 +1,4 @@
-"""nbutils.fused_lora: same outputs and gradients as PEFT's LoRA forward, PEFT's path wherever it cannot fuse."""
+"""nbutils.kernels.fused_lora: same outputs and gradients as PEFT's LoRA forward, PEFT's path where it cannot fuse."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -140,7 +140,8 @@ def node_names(out) -> set:
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_no_dropout_takes_the_one_node_path_and_equals_peft(keep):
-    """LoRA dropout 0 (Unsloth's recommendation): the fused node, not PEFT's chain, with PEFT's outputs and gradients."""
+    """LoRA dropout 0 (Unsloth's recommendation): the fused node, not PEFT's chain, with PEFT's outputs and
+    gradients."""
     model = lora_model(dropout=0.0)
     model.train()
     x = torch.randn(2, 5, 32)

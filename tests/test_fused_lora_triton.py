@@ -1,4 +1,5 @@
-"""nbutils.fused_lora_triton (in Triton's interpreter on CPU tensors, see conftest) and the LoRA layer that uses it."""
+"""nbutils.kernels.fused_lora_triton (in Triton's interpreter on CPU tensors, see conftest) and the LoRA layer that
+uses it."""
 import pytest
 
 torch = pytest.importorskip("torch")

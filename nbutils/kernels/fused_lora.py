@@ -9,10 +9,10 @@ of the lora_B GEMM (`torch.addmm(result, a, B^T, alpha=scaling)`), so those pass
 In training (a frozen 4-bit or dense base, gradients on), the whole layer is one autograd node (`FusedLoRA` below):
 the LoRA input gradient is added in place into the base layer's, and with `keep_base_weight` the dequantised 4-bit
 weight of the forward serves the backward too. With LoRA dropout on CUDA, the dropout itself is fused as well when
-Triton is there (it ships with torch's CUDA wheels): `nbutils.fused_lora_triton` draws the mask inside the lora_A GEMM
-and its two backward kernels, so the dropped copy of x is never written or kept. The mask is a different random draw
-from PEFT's, with the same distribution. Without dropout (p = 0, what Unsloth recommends) the node runs cuBLAS
-matmuls only and equals PEFT's layer.
+Triton is there (it ships with torch's CUDA wheels): `nbutils.kernels.fused_lora_triton` draws the mask inside the
+lora_A GEMM and its two backward kernels, so the dropped copy of x is never written or kept. The mask is a different
+random draw from PEFT's, with the same distribution. Without dropout (p = 0, what Unsloth recommends) the node runs
+cuBLAS matmuls only and equals PEFT's layer.
 
 Only the plain case is fused: one active vanilla LoRA adapter (no DoRA or other variant, no lora_B bias), not merged,
 no per-call adapter names, and either autocast on or the input already in the adapter's dtype. Anything else goes
@@ -35,7 +35,7 @@ ALLOW_CPU_INTERPRETER = False   # tests: run the Triton kernels on CPU tensors u
 
 
 def triton_kernels():
-    """nbutils.fused_lora_triton, or None where Triton does not import."""
+    """nbutils.kernels.fused_lora_triton, or None where Triton does not import."""
     global _triton_module
     if _triton_module is None:
         try:
@@ -100,8 +100,8 @@ def _plain_node_applies(layer, p) -> bool:
 
 
 class FusedLoRA(torch.autograd.Function):
-    """base(x) + s * B(A(dropout(x))) as one autograd node; p > 0: the dropout inside nbutils.fused_lora_triton's
-    kernels, p = 0: plain matmuls."""
+    """base(x) + s * B(A(dropout(x))) as one autograd node; p > 0: the dropout inside
+    nbutils.kernels.fused_lora_triton's kernels, p = 0: plain matmuls."""
 
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, layer, p, scaling, seed, dtype):

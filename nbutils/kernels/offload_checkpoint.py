@@ -153,9 +153,9 @@ def offloaded_checkpoint(function, hidden: torch.Tensor, *args):
 
 
 def use_offloaded_checkpointing(model) -> int:
-    """Give every decoder layer that transformers checkpoints the offloaded checkpoint function; returns how many. Call it
-    after checkpointing is enabled, and again if something enables it anew (the Trainer does at train start:
-    `OffloadedCheckpointingCallback`)."""
+    """Give every decoder layer that transformers checkpoints the offloaded checkpoint function; returns how many.
+    Call it after checkpointing is enabled, and again if something enables it anew (the Trainer does at train
+    start: `offloaded_checkpointing_callback`)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     n = 0
