@@ -22,6 +22,11 @@ liger-kernel installed (memory_mode fast / lean; `default` is fast with paged 8-
 knob at all (the stage's own resolution, printed). The cases share one loaded base model, reset to its loaded dtypes
 before each case.
 
+Issue 15: `stage_auto[_nodrop]`, `stage_lean*` (memory_mode lean; `_offload`: nbutils.kernels.offload_checkpoint's
+offloaded checkpointing on top) at LoRA dropout 0.1 and 0, against `unsloth_{fast,default}[_nodrop]`: Unsloth
+trained as its notebooks do, each case in its own process (benchmarks/unsloth_case.py) with `--unsloth-site`
+first on its PYTHONPATH; a second table pairs each stage case with its Unsloth counterpart.
+
 CPU dry run (tiny random Llama, plain LoRA, no 4-bit/Liger):
   python benchmarks/bench_finetune_gpu.py make-model --arch tiny --out /tmp/tiny --tokenizer .gpu_assets/smollm2 --cpu
   python benchmarks/bench_finetune_gpu.py train --model /tmp/tiny --cpu --cases original,default --steps 1 \
@@ -181,7 +186,12 @@ class Case:
     triton: bool = True           # with fuse: LoRA dropout inside Triton kernels (False: PyTorch's dropout)
     steps: int | None = None      # timed optimizer steps (None: --steps)
     note: str = ""
-    auto: bool = False            # set none of the knobs above but the batch: the stage decides (memory_mode auto)
+    auto: bool = False            # set none of the knobs above but the batch (and lora_dropout, memory_mode): the
+                                  # stage decides
+    memory_mode: str = ""         # with auto: the stage's memory_mode ("lean": what it picks below 47 GiB)
+    keep: bool | None = None      # with auto: keep_base_weight set (None: the stage's own choice)
+    unsloth: str = ""             # an Unsloth case (benchmarks/unsloth_case.py in its own process):
+                                  # use_gradient_checkpointing "unsloth" (its default) or "false"
     patch: str = ""               # diagnostics on top of the case: "nometrics" (TRL's per-micro-batch metrics and
                                   # their .item() syncs skipped: an upper bound), "gcoff" (Python's GC off while
                                   # training), "stocktrl" (TRL's/Trainer's own per-micro-batch read-backs instead of
@@ -242,6 +252,30 @@ CASES = {c.name: c for c in [
          note="stage_auto with TRL's own SFTTrainer read-backs (a .item() per micro-batch for metrics and tokens)"),
     Case("lean_stocktrl", attn="varlen", liger=True, gc=True, upcast=False, fuse=True, patch="stocktrl",
          note="lean_fused with TRL's own SFTTrainer read-backs"),
+    # issue 15: the stage's own choices at LoRA dropout 0.1 (the original's) and 0 (Unsloth's), against Unsloth
+    Case("stage_auto_nodrop", auto=True, lora_dropout=0.0, note="stage default (fast on this card), LoRA dropout 0"),
+    Case("stage_lean", auto=True, memory_mode="lean", note="the stage's memory_mode=lean, the rest its own defaults"),
+    Case("stage_lean_nodrop", auto=True, memory_mode="lean", lora_dropout=0.0, note="stage lean, LoRA dropout 0"),
+    Case("stage_lean_keep", auto=True, memory_mode="lean", keep=True,
+         note="stage lean with keep_base_weight (under checkpointing: one layer's bf16 weights held)"),
+    Case("stage_lean_keep_nodrop", auto=True, memory_mode="lean", keep=True, lora_dropout=0.0,
+         note="stage lean with keep_base_weight, LoRA dropout 0"),
+    Case("stage_lean_offload", auto=True, memory_mode="lean", patch="offload",
+         note="stage lean, checkpointed layer inputs in pinned host memory (nbutils.kernels.offload_checkpoint)"),
+    Case("stage_lean_offload_nodrop", auto=True, memory_mode="lean", lora_dropout=0.0, patch="offload",
+         note="stage lean, offloaded checkpoints, LoRA dropout 0"),
+    Case("stage_lean_offload_keep", auto=True, memory_mode="lean", keep=True, patch="offload",
+         note="stage lean, offloaded checkpoints, keep_base_weight"),
+    Case("stage_lean_offload_keep_nodrop", auto=True, memory_mode="lean", keep=True, lora_dropout=0.0,
+         patch="offload", note="stage lean, offloaded checkpoints, keep_base_weight, LoRA dropout 0"),
+    Case("stage_nofuse_nodrop", auto=True, lora_dropout=0.0, patch="nofuse",
+         note="stage default at LoRA dropout 0 with PEFT's own LoRA layers (fuse_lora=False): before issue 15"),
+    Case("unsloth_default", unsloth="unsloth", note="Unsloth, use_gradient_checkpointing='unsloth' (its default)"),
+    Case("unsloth_default_nodrop", unsloth="unsloth", lora_dropout=0.0,
+         note="Unsloth default, LoRA dropout 0 (its recommendation)"),
+    Case("unsloth_fast", unsloth="false", gc=False, note="Unsloth without checkpointing (its fastest)"),
+    Case("unsloth_fast_nodrop", unsloth="false", gc=False, lora_dropout=0.0,
+         note="Unsloth without checkpointing, LoRA dropout 0"),
 ]}
 
 
@@ -267,7 +301,14 @@ def case_params(case: "Case") -> dict:
     """The stage's knobs (FinetuneConfig fields) that make this case."""
     if case.auto:
         extra = {"keep_base_weight": False} if case.patch == "nokeep" else {}
-        return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum, **extra)
+        if case.keep is not None:
+            extra["keep_base_weight"] = case.keep
+        if case.patch == "nofuse":
+            extra["fuse_lora"] = False
+        if case.memory_mode:
+            extra["memory_mode"] = case.memory_mode
+        return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
+                    lora_dropout=case.lora_dropout, **extra)
     return dict(per_device_train_batch_size=case.mb, gradient_accumulation_steps=case.accum,
                 gradient_checkpointing=case.gc, optim=case.optim, packing=case.data == "packed",
                 attn_implementation=attn_name(case.attn), use_liger_kernel=case.liger,
@@ -591,6 +632,10 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         skip_trl_metrics(trainer)
     if case.patch == "stocktrl":
         use_stock_trl(trainer)
+    if case.patch == "offload":
+        from nbutils.kernels.offload_checkpoint import offloaded_checkpointing_callback
+
+        trainer.add_callback(offloaded_checkpointing_callback())
     if timer.profile and args.trace_dir:
         timer.trace_path = str(Path(args.trace_dir) / f"trace_{case.name}.json")
     gc_was_on = gc.isenabled()
@@ -621,7 +666,7 @@ def run_case(case: Case, base, tok, ds: dict, args, n_params: int, device: str) 
         tokens, secs = int(t[0].item()), float(t[1].item())
     tps = tokens / secs if secs and secs == secs and secs > 0 else float("nan")
     res = {
-        "case": case.name, "note": case.note, "data": "padded" if case.data == "packed" and not rt.packing
+        "case": case.name, "trainer": "stage", "note": case.note, "data": "padded" if case.data == "packed" and not rt.packing
         else case.data, "attn": attn, "liger": rt.use_liger_kernel,
         "gradient_checkpointing": rt.gradient_checkpointing, "micro_batch": case.mb, "accum": case.accum,
         "optim": rt.optim, "fp32_upcast": rt.upcast_non_quantized, "runtime": rt.describe(), "compile": case.compile, "lora_dropout": case.lora_dropout, "fuse_lora": rt.fuse_lora and ("triton" if case.triton else "torch-dropout"), "world_size": world, "timed_steps": steps,
@@ -697,21 +742,100 @@ def cmd_train(args) -> list[dict]:
         log(f"N = {n_params / 1e9:.3f} B params; {len(samples['input_ids'])} samples of {args.min_len}-"
             f"{args.max_len} tokens ({n_tok} tokens); {len(ds['concat']['input_ids'])} concatenated rows of "
             f"{args.seq_len}")
-    base = load_base(args, device)
+    base = None
     results = []
     for name in args.cases.split(","):
         case = dataclasses.replace(CASES[name])
-        if device == "cpu":
-            case.liger, case.optim = False, "adamw_torch"
-            if case.attn == "varlen":
-                case.attn = "sdpa"
-        results.append(run_case(case, base, tok, ds, args, n_params, device))
+        if case.unsloth:
+            results.append(run_unsloth_case(case, args))
+        else:
+            if device == "cpu":
+                case.liger, case.optim = False, "adamw_torch"
+                if case.attn == "varlen":
+                    case.attn = "sdpa"
+            if base is None:   # loaded at the first stage case (Unsloth's cases load their own, in their process)
+                base = load_base(args, device)
+            results.append(run_case(case, base, tok, ds, args, n_params, device))
         if is_main() and args.json:
             write_results(args.json, {"kind": "train", "env": environment(), "n_params": n_params,
                                       "args": vars(args), "results": results})
     if is_main():
         print_train_table(results)
+        print_unsloth_comparison(results)
     return results
+
+
+# issue 15: each stage case measured against Unsloth's case of the same kind (fast: no checkpointing; lean: its
+# default, offloaded checkpointing) and the same LoRA dropout
+def unsloth_counterpart(r: dict) -> str | None:
+    if r.get("trainer") != "stage" or not r["case"].startswith("stage_"):
+        return None
+    kind = "default" if r.get("gradient_checkpointing") else "fast"
+    return f"unsloth_{kind}" + ("_nodrop" if r.get("lora_dropout") == 0 else "")
+
+
+def print_unsloth_comparison(results: list[dict]) -> list[dict]:
+    """Stage vs Unsloth, pair by pair: speed ratio (target >= 1.1) and memory (lean: <= Unsloth's default)."""
+    by = {r["case"]: r for r in results}
+    rows = []
+    for ours in results:
+        ref_name = unsloth_counterpart(ours)
+        ref = by.get(ref_name)
+        if not ref or not ours.get("tokens_per_s") or not ref.get("tokens_per_s"):
+            continue
+        ratio = ours["tokens_per_s"] / ref["tokens_per_s"]
+        rows.append({"stage": ours["case"], "unsloth": ref_name, "lora_dropout": ours.get("lora_dropout"),
+                     "stage_tok_s": ours["tokens_per_s"], "unsloth_tok_s": ref["tokens_per_s"],
+                     "ratio": round(ratio, 3) if ratio == ratio else None,
+                     "stage_peak_gib": ours.get("peak_alloc_gib"), "unsloth_peak_gib": ref.get("peak_alloc_gib"),
+                     "stage_loss": ours.get("loss"), "unsloth_loss": ref.get("loss")})
+    if rows:
+        log("\n| stage case | Unsloth case | dropout | stage tok/s | Unsloth tok/s | x Unsloth | stage GiB | "
+            "Unsloth GiB | loss stage / Unsloth |")
+        log("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            loss = " / ".join(f"{x:.4f}" if isinstance(x, float) else str(x)
+                              for x in (r["stage_loss"], r["unsloth_loss"]))
+            log(f"| {r['stage']} | {r['unsloth']} | {r['lora_dropout']} | {r['stage_tok_s']:,} | {r['unsloth_tok_s']:,} | "
+                f"{r['ratio']} | {r['stage_peak_gib']} | {r['unsloth_peak_gib']} | {loss} |")
+    return rows
+
+
+def run_unsloth_case(case: Case, args) -> dict:
+    """One Unsloth case in its own process (benchmarks/unsloth_case.py), Unsloth's folder first on PYTHONPATH; its
+    JSON row, or a row with the error when the process fails."""
+    import subprocess
+
+    out = Path(args.work_dir) / f"{case.name}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).with_name("unsloth_case.py")), "--model", args.model, "--case", case.name,
+           "--gc", case.unsloth, "--lora-dropout", str(case.lora_dropout), "--mb", str(case.mb), "--accum",
+           str(case.accum), "--steps", str(case.steps or args.steps), "--warmup", str(args.warmup), "--seq-len",
+           str(args.seq_len), "--n-samples", str(args.n_samples), "--min-len", str(args.min_len), "--max-len",
+           str(args.max_len), "--seed", str(args.seed), "--work-dir", args.work_dir, "--json", str(out)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        x for x in (args.unsloth_site, os.environ.get("PYTHONPATH", "")) if x))
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=args.unsloth_timeout, capture_output=True, text=True)
+        text = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        text = f"timed out after {args.unsloth_timeout} s: " + str(e.stdout or "")
+    # Unsloth's own report of what it patched (its banner, "Unsloth: ..." lines), then the end of the output
+    said = [ln for ln in text.splitlines() if ("Unsloth" in ln or "==((" in ln or "O^O" in ln)
+            and "examples/s" not in ln][:40]
+    tail = text[-args.unsloth_log_chars:]
+    log(f"[{case.name}] Unsloth said:\n" + "\n".join(said) + f"\n[{case.name}] end of its output:\n{tail}")
+    if out.exists():
+        res = json.loads(out.read_text())
+    else:
+        res = {"case": case.name, "trainer": "unsloth", "error": tail[-600:], "tokens_per_s": float("nan")}
+    res.update(note=case.note, process_wall_s=round(time.time() - t0, 1))
+    for key in ("data", "attn", "liger", "fuse_lora", "gradient_checkpointing", "micro_batch", "accum", "optim",
+                "world_size", "mfu", "peak_alloc_gib", "peak_reserved_gib", "loss"):
+        res.setdefault(key, None)
+    res.setdefault("lora_dropout", case.lora_dropout)
+    return res
 
 
 def print_train_table(results: list[dict]) -> None:
@@ -729,7 +853,7 @@ def print_train_table(results: list[dict]) -> None:
         log(f"| {r['case']} | {r['data']} | {r['attn']} | {r['liger']} | {r.get('fuse_lora')} | "
             f"{r['gradient_checkpointing']} | {r['optim']} | {r['micro_batch']}x{r['accum']} | {r['world_size']} | "
             f"{r['tokens_per_s']:,} | {r['mfu']} | {r['peak_alloc_gib']}/{r['peak_reserved_gib']} | {ratio} |"
-            + (f" ERROR {r['error']}" if r['error'] else ""))
+            + (f" ERROR {' | '.join(str(r['error']).splitlines()[-3:])}" if r['error'] else ""))
 
 
 # ------------------------------------------------------------------------------------------------ correctness
@@ -1038,6 +1162,10 @@ def main(argv=None) -> int:
     t.add_argument("--sync-debug", default="", help="cases whose extra last step counts synchronising calls")
     t.add_argument("--trace-dir", default="", help="with --profile: write trace_<case>.json.gz here and analyse it")
     t.add_argument("--bf16-base", action="store_true", help="plain LoRA on a bf16 base instead of 4-bit")
+    t.add_argument("--unsloth-site", default="/tmp/unsloth_site",
+                   help="folder with Unsloth and its pins (put first on PYTHONPATH for the unsloth_* cases only)")
+    t.add_argument("--unsloth-timeout", type=int, default=240, help="seconds for one Unsloth case's process")
+    t.add_argument("--unsloth-log-chars", type=int, default=1500, help="how much of its output to show")
     g = sub.choices["gen"]
     g.add_argument("--new-tokens", type=int, default=128)
     g.add_argument("--loop-examples", type=int, default=3)

@@ -2,6 +2,9 @@
 # Issue 8 GPU runs, phase by phase: bash benchmarks/run_gpu_bench.sh setup train [ddp gen notebooks]
 # Needs: .whl/ (wheels of trl, bitsandbytes, datasets, liger-kernel, papermill + kernel deps: see RESULTS.md) and
 # .gpu_assets/smollm2/ (the embedded model's tokenizer + config files). Logs and JSON go to $OUT (default ./gpu_out).
+# Issue 15 (stage vs Unsloth): bash benchmarks/run_gpu_bench.sh sites model train with SITES=<folder holding
+# site.tgz (the stage's stack) and unsloth_site.tgz (Unsloth and its pins)>, unpacked into /tmp/site and
+# /tmp/unsloth_site (the latter first on PYTHONPATH for the unsloth_* cases only); RESULTS.md says how they are made.
 set -o pipefail
 FINAL=${OUT:-$PWD/gpu_out}; OUT=/tmp/gpu_work; mkdir -p "$OUT" "$FINAL"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -20,6 +23,12 @@ for phase in "$@"; do
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     $PY -c "import torch,transformers,peft,accelerate,trl,bitsandbytes;print('torch',torch.__version__,'cuda',torch.version.cuda,'transformers',transformers.__version__,'peft',peft.__version__,'accelerate',accelerate.__version__,'trl',trl.__version__,'bnb',bitsandbytes.__version__)" | tee -a "$OUT/gpu.txt"
     ;;
+  sites)
+    for t in site unsloth_site; do
+      [ -f /tmp/$t/.unpacked ] || { mkdir -p /tmp/$t && tar -xzf "${SITES:-.whl/issue15}/$t.tgz" -C /tmp/$t && touch /tmp/$t/.unpacked; } || exit 1
+    done
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"   # versions: in the JSON
+    ;;
   model)
     [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
     ;;
@@ -31,9 +40,9 @@ for phase in "$@"; do
     ;;
   train)
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" --trace-dir "$FINAL" \
-      --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} \
+      --sync-debug "${SYNC_DEBUG:-}" --steps ${STEPS:-3} --warmup ${WARMUP:-1} --unsloth-site /tmp/unsloth_site \
       --cases ${CASES:-original,original_padded,nolig_varlen_nogc,default,default_upcast,default_sdpa_mask,lean,ours_padded,lean_mb16,default_mb8,default_fused_adamw,default_compile} \
-      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  "
+      2>&1 | tee "$OUT/train_full.log" | grep -E "^\[|^\||^N =|^loaded|FAILED|Error|error|^  |nsloth"
     ;;
   bf16)  # plain LoRA on a bf16 base (no bitsandbytes), for comparison with the 4-bit cases of `train`
     CUDA_VISIBLE_DEVICES=0 timeout ${BF16_TIMEOUT:-200} $PY $B train --model $L3 --json "$OUT/train_bf16.json" --bf16-base \

@@ -212,6 +212,21 @@ def test_a_t4_gets_fp16_and_the_lean_mode_by_itself(tmp_path, monkeypatch):
     assert f"GPU has 14.7 GiB < {FAST_MIN_GPU_GIB_FUSED_DROPOUT:g}" in text and "this GPU has no bf16" in text
 
 
+def test_lean_mode_on_a_gpu_offloads_checkpoints_unless_told_not_to(tmp_path, monkeypatch):
+    fake_card(monkeypatch, L4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rt = runtime.resolve_runtime(full_cfg(tmp_path))
+    assert (rt.memory_mode, rt.gradient_checkpointing, rt.offload_checkpoints) == ("lean", True, True)
+    assert "offload_checkpoints=True (auto: CUDA, one process)" in rt.describe()
+    assert runtime.resolve_runtime(full_cfg(tmp_path, offload_checkpoints=False)).offload_checkpoints is False
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runtime.resolve_runtime(full_cfg(tmp_path)).offload_checkpoints is False  # not tried under DDP
+    monkeypatch.delenv("WORLD_SIZE")
+    fake_card(monkeypatch, A100_80GB)
+    assert runtime.resolve_runtime(full_cfg(tmp_path)).offload_checkpoints is False  # fast mode: no checkpoints
+    assert runtime.resolve_runtime(full_cfg(tmp_path), device="cpu").offload_checkpoints is False
+
+
 @pytest.mark.parametrize("card,dtype,mode", [(L4, "bfloat16", "lean"), (A100_80GB, "bfloat16", "fast")])
 def test_ampere_cards_get_bf16_and_their_memory_mode(tmp_path, monkeypatch, card, dtype, mode):
     fake_card(monkeypatch, card)

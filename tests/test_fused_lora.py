@@ -1,4 +1,4 @@
-"""nbutils.fused_lora: same outputs and gradients as PEFT's LoRA forward, PEFT's path wherever it cannot fuse."""
+"""nbutils.kernels.fused_lora: same outputs and gradients as PEFT's LoRA forward, PEFT's path where it cannot fuse."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -124,3 +124,108 @@ def test_fuse_is_idempotent_and_reversible():
     model.eval()
     with torch.no_grad():
         model(x)  # PEFT's forward works again
+
+
+def node_names(out) -> set:
+    """The autograd node types of a graph (what the forward ran)."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(f for f, _ in fn.next_functions)
+    return {type(f).__name__ for f in seen}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_no_dropout_takes_the_one_node_path_and_equals_peft(keep):
+    """LoRA dropout 0 (Unsloth's recommendation): the fused node, not PEFT's chain, with PEFT's outputs and
+    gradients."""
+    model = lora_model(dropout=0.0)
+    model.train()
+    x = torch.randn(2, 5, 32)
+    ref_out, ref_dx, ref_grads = run(model, x)
+    fuse_lora_layers(model, keep_base_weight=keep)
+    out, dx, grads = run(model, x)
+    torch.manual_seed(0)
+    assert "FusedLoRABackward" in node_names(model(x.requires_grad_(True)))
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 4
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5)
+
+
+def test_no_dropout_under_gradient_checkpointing_equals_peft():
+    from torch.utils.checkpoint import checkpoint
+
+    model = lora_model(dropout=0.0)
+    x = torch.randn(3, 32)
+    ref = run(model, x)
+    fuse_lora_layers(model, keep_base_weight=True)
+    model.zero_grad()
+    xg = x.clone().requires_grad_(True)
+    out = checkpoint(model, xg, use_reentrant=False)
+    out.float().pow(2).sum().backward()
+    torch.testing.assert_close(out.detach(), ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xg.grad, ref[1], rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, ref[2][name], rtol=1e-5, atol=1e-5)
+
+
+def test_no_dropout_without_gradients_stays_off_the_node(monkeypatch):
+    """Inference (no_grad: generation, evaluation) keeps the plain addmm path: no autograd node to build."""
+    import nbutils.kernels.fused_lora as fl
+
+    model, x, ref = fused_eval_model()
+    model.train()
+    calls, real = [], fl.FusedLoRA.apply
+    monkeypatch.setattr(fl.FusedLoRA, "apply", lambda *a: calls.append(a) or real(*a))
+    with torch.no_grad():
+        out = model(x)
+    assert calls == []
+    torch.testing.assert_close(out, ref)
+    model(x)
+    assert len(calls) == 2                                   # with gradients: both layers take it
+
+
+class Block4bit(torch.nn.Module):
+    """Block with bitsandbytes nf4 base layers (quantised on CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        bnb = pytest.importorskip("bitsandbytes")
+        dense = Block()
+        for name in ("q_proj", "down_proj"):
+            src = getattr(dense, name)
+            layer = bnb.nn.Linear4bit(src.in_features, src.out_features, bias=src.bias is not None,
+                                      compute_dtype=torch.float32, quant_type="nf4")
+            layer.load_state_dict(src.state_dict())
+            layer = layer.to("cpu")
+            if layer.weight.quant_state is None:
+                layer.weight = layer.weight._quantize("cpu")
+            setattr(self, name, layer)
+
+    forward = Block.forward
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_no_dropout_on_a_4bit_base_equals_peft(keep):
+    torch.manual_seed(0)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "down_proj"])
+    model = peft.get_peft_model(Block4bit(), cfg)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(6, 32)
+    ref_out, ref_dx, ref_grads = run(model, x)
+    assert fuse_lora_layers(model, keep_base_weight=keep) == 2
+    out, dx, grads = run(model, x)
+    assert "FusedLoRABackward" in node_names(model(x.requires_grad_(True)))
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    assert len(grads) == 4
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5)

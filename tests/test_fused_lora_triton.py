@@ -1,4 +1,5 @@
-"""nbutils.fused_lora_triton (in Triton's interpreter on CPU tensors, see conftest) and the LoRA layer that uses it."""
+"""nbutils.kernels.fused_lora_triton (in Triton's interpreter on CPU tensors, see conftest) and the LoRA layer that
+uses it."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -107,14 +108,25 @@ def test_lora_layer_with_kernel_dropout_equals_pytorch_autograd(lora_block, monk
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=2e-4, atol=5e-4)  # fp32 sum order
 
 
-def test_gradient_checkpointing_replays_the_same_masks(lora_block):
+def torch_checkpoint(fn, x):
     from torch.utils.checkpoint import checkpoint
 
+    return checkpoint(fn, x, use_reentrant=False)
+
+
+def offloaded(fn, x):
+    from nbutils.kernels.offload_checkpoint import offloaded_checkpoint
+
+    return offloaded_checkpoint(fn, x)
+
+
+@pytest.mark.parametrize("checkpoint", [torch_checkpoint, offloaded])
+def test_gradient_checkpointing_replays_the_same_masks(lora_block, checkpoint):
     x = torch.randn(24, 32)
     torch.manual_seed(5)
     plain = grads_of(lora_block, x, lora_block)
     torch.manual_seed(5)
-    ckpt = grads_of(lora_block, x, lambda t: checkpoint(lora_block, t, use_reentrant=False))
+    ckpt = grads_of(lora_block, x, lambda t: checkpoint(lora_block, t))
     torch.testing.assert_close(ckpt[0], plain[0])
     torch.testing.assert_close(ckpt[1], plain[1])
     for name in plain[2]:

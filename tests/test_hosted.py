@@ -245,6 +245,19 @@ def test_first_cell_does_nothing_where_nbutils_is_importable(monkeypatch):
     assert out.getvalue() == "" and sys.path == path_before and dict(os.environ) == env_before
 
 
+def test_first_cell_without_a_project_or_url_says_to_set_repo_url(tmp_path, monkeypatch):
+    import importlib.util
+
+    cells, i = first_cell(NOTEBOOKS[0])
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbutils" else real_find_spec(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("nothing to clone: must not run git"))
+    monkeypatch.delenv("NBUTILS_REPO_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="set REPO_URL in this cell"):
+        exec(compile(cells[i].source, "first-cell", "exec"), {})
+
+
 @pytest.mark.slow
 def test_demo_notebooks_run_from_elsewhere_without_the_install(tmp_path, monkeypatch):
     """The hosted path, simulated: a kernel that sees the dependencies but not nbutils (no editable install, no
@@ -253,8 +266,8 @@ def test_demo_notebooks_run_from_elsewhere_without_the_install(tmp_path, monkeyp
     import papermill as pm
 
     cells, i = first_cell(NOTEBOOKS[0])
-    repo_url = ast.literal_eval(ast.parse(cells[i].source).body[0].value)
-    repo = repo_url.rstrip("/").removesuffix(".git").rsplit("/", 1)[-1]
+    repo = "arxiv-pipeline"
+    monkeypatch.setenv("NBUTILS_REPO_URL", f"https://git.example.invalid/team/{repo}.git")  # the kernel inherits it
     kernel_python = make_kernel_without_nbutils(tmp_path, monkeypatch)
     probe = subprocess.run([kernel_python, "-E", "-c", "import importlib.util as u; import papermill, torch; "
                             "print(u.find_spec('nbutils'))"], capture_output=True, text=True, cwd=tmp_path)

@@ -35,6 +35,7 @@ class Runtime:
     upcast_non_quantized: bool = False
     fuse_lora: bool = False
     keep_base_weight: bool = False
+    offload_checkpoints: bool = False
     memory_mode: str = "lean"
     memory_reason: str = ""          # why memory_mode, gradient_checkpointing and optim are what they are
     notes: list = field(default_factory=list)
@@ -136,6 +137,18 @@ def resolve_memory_knobs(cfg: FinetuneConfig, device: str) -> tuple[str, bool, s
     return mode, gc, optim, line
 
 
+def resolve_offload_checkpoints(cfg: FinetuneConfig, device: str, gradient_checkpointing: bool) -> tuple[bool, str]:
+    """offload_checkpoints for this machine, and the words that say why ("" when checkpointing is off)."""
+    if not gradient_checkpointing:
+        return False, ""
+    if cfg.offload_checkpoints is not None:
+        return cfg.offload_checkpoints, f"offload_checkpoints={cfg.offload_checkpoints} (set)"
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    on = device == "cuda" and single
+    why = "CUDA, one process" if on else ("not tried under DDP" if device == "cuda" else "no CUDA")
+    return on, f"offload_checkpoints={on} (auto: {why})"
+
+
 def resolve_keep_base_weight(cfg: FinetuneConfig, device: str, load_in_4bit: bool,
                              gradient_checkpointing: bool) -> tuple[bool, str]:
     """keep_base_weight for this machine, and the words that say why."""
@@ -231,6 +244,9 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
     keep_base_weight, keep_why = resolve_keep_base_weight(cfg, device, load_in_4bit, gradient_checkpointing)
     if keep_why:
         memory_reason += f", {keep_why}"
+    offload, offload_why = resolve_offload_checkpoints(cfg, device, gradient_checkpointing)
+    if offload_why:
+        memory_reason += f", {offload_why}"
     bf16 = device == "cuda" and dtype == torch.bfloat16
     fp16 = device == "cuda" and dtype == torch.float16
     if fp16:
@@ -241,5 +257,5 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
                    padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
                    gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
                    upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
-                   keep_base_weight=keep_base_weight, memory_mode=memory_mode, memory_reason=memory_reason,
+                   keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode, memory_reason=memory_reason,
                    notes=notes)

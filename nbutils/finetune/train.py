@@ -107,9 +107,14 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
     from .callbacks import StopOnNonFiniteLoss
     from .trainer import SyncFreeSFTTrainer
 
+    callbacks = [StopOnNonFiniteLoss(), *callbacks]
+    if rt.offload_checkpoints and rt.gradient_checkpointing:
+        from ..kernels.offload_checkpoint import offloaded_checkpointing_callback
+
+        callbacks.append(offloaded_checkpointing_callback())
     trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None),
                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                                 peft_config=build_lora_config(cfg), callbacks=[StopOnNonFiniteLoss(), *callbacks])
+                                 peft_config=build_lora_config(cfg), callbacks=callbacks)
     if rt.fuse_lora:
         from ..kernels.fused_lora import fuse_lora_layers
 

@@ -6,10 +6,13 @@ in the backward, for each of the seven projections of every layer. Here the scal
 of the lora_B GEMM (`torch.addmm(result, a, B^T, alpha=scaling)`), so those passes disappear; the math is the same
 (one rounding instead of three), the weights, dropout, the adapter file and `merge_and_unload` are PEFT's own.
 
-With LoRA dropout in training on CUDA, the dropout itself is fused too when Triton is there (it ships with torch's
-CUDA wheels): `nbutils.fused_lora_triton` draws the mask inside the lora_A GEMM and its two backward kernels, so the
-dropped copy of x is never written or kept, and the LoRA input gradient is added straight into the base layer's
-(`LoRADropout` below). The mask is a different random draw from PEFT's, with the same distribution.
+In training (a frozen 4-bit or dense base, gradients on), the whole layer is one autograd node (`FusedLoRA` below):
+the LoRA input gradient is added in place into the base layer's, and with `keep_base_weight` the dequantised 4-bit
+weight of the forward serves the backward too. With LoRA dropout on CUDA, the dropout itself is fused as well when
+Triton is there (it ships with torch's CUDA wheels): `nbutils.kernels.fused_lora_triton` draws the mask inside the
+lora_A GEMM and its two backward kernels, so the dropped copy of x is never written or kept. The mask is a different
+random draw from PEFT's, with the same distribution. Without dropout (p = 0, what Unsloth recommends) the node runs
+cuBLAS matmuls only and equals PEFT's layer.
 
 Only the plain case is fused: one active vanilla LoRA adapter (no DoRA or other variant, no lora_B bias), not merged,
 no per-call adapter names, and either autocast on or the input already in the adapter's dtype. Anything else goes
@@ -32,7 +35,7 @@ ALLOW_CPU_INTERPRETER = False   # tests: run the Triton kernels on CPU tensors u
 
 
 def triton_kernels():
-    """nbutils.fused_lora_triton, or None where Triton does not import."""
+    """nbutils.kernels.fused_lora_triton, or None where Triton does not import."""
     global _triton_module
     if _triton_module is None:
         try:
@@ -91,12 +94,17 @@ def _dropout_kernel_applies(layer, name, x, p) -> bool:
     return kernels.supported(x.reshape(-1, x.shape[-1]), layer.lora_A[name].weight.shape[0])
 
 
-class LoRADropout(torch.autograd.Function):
-    """base(x) + s * B(A(dropout(x))) as one autograd node, the dropout inside nbutils.fused_lora_triton's kernels."""
+def _plain_node_applies(layer, p) -> bool:
+    """No dropout, gradients on, a frozen base the node can take: the one-node path without the kernels."""
+    return p == 0.0 and torch.is_grad_enabled() and _base_kind(layer.base_layer) is not None
+
+
+class FusedLoRA(torch.autograd.Function):
+    """base(x) + s * B(A(dropout(x))) as one autograd node; p > 0: the dropout inside
+    nbutils.kernels.fused_lora_triton's kernels, p = 0: plain matmuls."""
 
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, layer, p, scaling, seed, dtype):
-        kernels = triton_kernels()
         x2 = x.reshape(-1, x.shape[-1])
         if x2.dtype != dtype:
             x2 = x2.to(dtype)
@@ -110,7 +118,7 @@ class LoRADropout(torch.autograd.Function):
         else:
             result = base(x)
         wa, wb = weight_a.to(dtype), weight_b.to(dtype)   # the adapter in the compute dtype, cast once a call
-        a = kernels.dropout_matmul(x2, wa, seed, p)
+        a = triton_kernels().dropout_matmul(x2, wa, seed, p) if p > 0 else torch.mm(x2, wa.t())
         n = result.shape[-1]
         out = result.reshape(-1, n)
         if out.dtype != dtype:
@@ -125,18 +133,23 @@ class LoRADropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        kernels = triton_kernels()
         x2, wa, wb, a, w = ctx.saved_tensors
         dtype, p, seed = ctx.dtype, ctx.p, ctx.seed
+        kernels = triton_kernels() if p > 0 else None
         g2 = grad.reshape(-1, grad.shape[-1]).to(dtype)
         grad_a_out = torch.mm(g2, wb) * ctx.scaling                                 # d loss / d a   (M x r)
         grad_wb = (torch.mm(g2.t(), a) * ctx.scaling).to(ctx.wb_dtype) if ctx.needs_input_grad[2] else None
-        grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p).to(ctx.wa_dtype)
-                   if ctx.needs_input_grad[1] else None)
+        grad_wa = None
+        if ctx.needs_input_grad[1]:
+            grad_wa = (kernels.dropout_matmul_grad_a(grad_a_out, x2, seed, p) if kernels
+                       else torch.mm(grad_a_out.t(), x2)).to(ctx.wa_dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(g2, w if w is not None else _base_weight(ctx.layer.base_layer, dtype))
-            kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, wa, seed, p)
+            if kernels:
+                kernels.dropout_matmul_grad_x_(grad_x, grad_a_out, wa, seed, p)
+            else:
+                grad_x.addmm_(grad_a_out, wa)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, grad_wa, grad_wb, None, None, None, None, None
 
@@ -148,12 +161,14 @@ def fused_lora_forward(self, x, *args, **kwargs):
         return getattr(self, _ORIGINAL)(x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    if _dropout_kernel_applies(self, name, x, p):
+    kernel_dropout = _dropout_kernel_applies(self, name, x, p)
+    if kernel_dropout or _plain_node_applies(self, p):
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # CPU generator: checkpointing replays it
-        return LoRADropout.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self, p, self.scaling[name],
-                                 seed, dtype)
+        # CPU generator: checkpointing replays it
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if kernel_dropout else 0
+        return FusedLoRA.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self, p if kernel_dropout
+                               else 0.0, self.scaling[name], seed, dtype)
     result = self.base_layer(x)
     a = self.lora_A[name](dropout(x))
     weight_b = self.lora_B[name].weight
@@ -165,7 +180,7 @@ def fused_lora_forward(self, x, *args, **kwargs):
 def fuse_lora_layers(model, triton_dropout: bool = True, keep_base_weight: bool = False) -> int:
     """Give every PEFT LoRA layer of `model` the fused forward (with the Triton dropout kernels where they apply,
     unless triton_dropout=False); returns how many layers now have it. Idempotent.
-    keep_base_weight: where the kernels run, keep each 4-bit base weight dequantised from the forward for the
+    keep_base_weight: where the one-node path runs, keep each 4-bit base weight dequantised from the forward for the
     backward instead of dequantising it twice (speed for memory: without gradient checkpointing the quantised layers'
     bf16 weights are held between a micro-batch's forward and backward, 13 GiB more peak for Llama-3-8B)."""
     from peft.tuners.lora import LoraLayer
