@@ -3,26 +3,18 @@ on every GPU under `accelerate launch --multi_gpu -m nbutils.finetune ...`). Val
 FinetuneConfig before anything is read or written."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from ..config import ConfigValueError, config_from_argv
+from ..config import stage_main
 from .config import FinetuneConfig
 
 PROG = "python -m nbutils.finetune"
 DESCRIPTION = "Stage 04 fine-tuning (also under `accelerate launch -m nbutils.finetune`)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, print_only = config_from_argv(FinetuneConfig, argv, PROG, DESCRIPTION)
-    except (ConfigValueError, TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if print_only:
-        print(json.dumps(cfg.to_dict(), indent=2, default=str))
-        return 0
+def train_in_this_process(cfg: FinetuneConfig):
+    """One process's training; the result (shown by stage_main) from the main process only."""
     from .runtime import prefer_expandable_segments
     from .train import train
 
@@ -31,9 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if is_main:
         cfg.show()
     result = train(cfg)
-    if is_main:
-        print(result.summary())
-    return 0
+    return result if is_main else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(FinetuneConfig, train_in_this_process, argv, PROG, DESCRIPTION)
 
 
 if __name__ == "__main__":
