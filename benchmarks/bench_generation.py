@@ -74,7 +74,7 @@ def random_prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list
     return [rng.integers(1000, min(vocab, 30000), int(L)).tolist() for L in rng.integers(lo, hi + 1, n)]
 
 
-def attach_lora(model, r: int, seed: int):
+def attach_lora(model, r: int, seed: int, scale: float = 1e-3):
     """A LoRA adapter as the original trained it (alpha 16, all 7 projections), non-zero B so it really computes."""
     from peft import LoraConfig, get_peft_model
 
@@ -85,7 +85,7 @@ def attach_lora(model, r: int, seed: int):
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_B" in name:
-                p.copy_((torch.randn(p.shape, generator=g) * 1e-3).to(p.dtype))
+                p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.dtype))
     return pm.eval()
 
 

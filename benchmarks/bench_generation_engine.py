@@ -31,8 +31,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nbutils.generation import EngineSettings, GenerationEngine, GenParams, generate_plain  # noqa: E402
 from nbutils.generation.engine import kv_bytes_per_token  # noqa: E402
+
+from bench_generation import LORA_TARGETS as TARGETS  # noqa: E402,F401  (shared helpers of 05's benchmark)
+from bench_generation import attach_lora, random_prompts  # noqa: E402,F401
+from bench_generation import load_gpu_model as load_folder  # noqa: E402
 
 SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
             num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
@@ -40,7 +45,6 @@ SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidde
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, max_position_embeddings=8192,
                  bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False)
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def sync() -> None:
@@ -75,24 +79,6 @@ class NullTok:
         return ""
 
 
-def attach_lora(model, r: int, seed: int, scale: float = 1e-3):
-    from peft import LoraConfig, get_peft_model
-
-    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
-                                          task_type="CAUSAL_LM"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_B" in name:
-                p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.dtype))
-    return pm.eval()
-
-
-def random_prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(1000, min(vocab, 30000), int(L)).tolist() for L in rng.integers(lo, hi + 1, n)]
-
-
 def build_random(arch: dict, folder: Path | None):
     """bf16 random-weight Llama on the GPU; saved to `folder` when given (for a 4-bit load)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -113,18 +99,6 @@ def build_random(arch: dict, folder: Path | None):
         torch.cuda.empty_cache()
         return None
     return model.eval()
-
-
-def load_folder(folder: Path, four_bit: bool):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    extra = {}
-    if four_bit:
-        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_use_double_quant=True,
-                                                          bnb_4bit_compute_dtype=torch.bfloat16)
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
-                                                attn_implementation="sdpa", **extra).eval()
 
 
 def weight_bytes(model) -> int:
