@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]     # the fake server is test code: it lives in tests/support/
 
-from tests.support.fake_llm_server import FakeLLMServer  # noqa: E402
 from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run  # noqa: E402
 from nbutils.io import write_jsonl  # noqa: E402
+from tests.support.fake_llm_server import FakeLLMServer  # noqa: E402
 
 
 def make_pages(data_dir: Path, n: int, seed: int = 0) -> list[dict]:

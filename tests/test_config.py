@@ -4,8 +4,16 @@ from typing import ClassVar
 
 import pytest
 
-from nbutils.config import (ConfigValueError, StageConfig, coerce, config_from_argv, option, parameter_table,
-                            parse_literal, stage_main)
+from nbutils.config import (
+    ConfigValueError,
+    StageConfig,
+    coerce,
+    config_from_argv,
+    option,
+    parameter_table,
+    parse_literal,
+    stage_main,
+)
 
 
 @dataclass

@@ -4,8 +4,15 @@ import json
 import nbformat
 import pytest
 
-from nbutils.runner import (StageFailed, discover_notebooks, match_stage, parameters_for, parse_value,
-                            run_pipeline, select_stages)
+from nbutils.runner import (
+    StageFailed,
+    discover_notebooks,
+    match_stage,
+    parameters_for,
+    parse_value,
+    run_pipeline,
+    select_stages,
+)
 
 
 def make_notebook(path, body: str, params: str = 'data_dir = "data"\nprofile = "demo"\n'):

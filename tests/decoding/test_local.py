@@ -7,7 +7,6 @@ import torch
 
 from nbutils.generation import EngineSettings, GenerationEngine
 from nbutils.generation.local import complete_prompts
-
 from tests.support.tiny_llama import IdTokenizer, prompts, tiny_llama
 
 

@@ -7,7 +7,7 @@ import pytest
 from nbutils.generation import EngineSettings, GenerationEngine, GenParams
 from nbutils.generation.plain import generate_plain
 from nbutils.generation.static import StaticDecoder, StaticShape
-from tests.support.tiny_llama import EOS, GREEDY, IdTokenizer, PAD, prompts, static_tokens, tiny_llama
+from tests.support.tiny_llama import EOS, GREEDY, PAD, IdTokenizer, prompts, static_tokens, tiny_llama
 
 
 def test_static_loop_gives_generates_greedy_tokens():

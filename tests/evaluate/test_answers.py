@@ -9,7 +9,6 @@ from nbutils import evaluate as ev
 from nbutils.evaluate import EvalConfig, generate_answers
 from nbutils.evaluate.stage import run_key
 from nbutils.generation import EngineSettings, GenerationEngine, GenParams
-
 from tests.support.tiny_llama import IdTokenizer, prompts, tiny_llama, with_lora
 
 

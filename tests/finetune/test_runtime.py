@@ -14,7 +14,6 @@ from nbutils.finetune import FinetuneConfig, resume, runtime
 from nbutils.finetune import train as tr
 from nbutils.finetune.config import FAST_MIN_GPU_GIB_FUSED_DROPOUT
 from nbutils.io import PROJECT_ROOT
-
 from tests.support.finetune import ORIGINAL_RECIPE, full_cfg
 
 

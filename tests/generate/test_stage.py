@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_llm_server import FakeLLMServer
 from nbutils.generate import BUILTIN_PROMPTS, GenerateConfig, load_cache, load_prompt, run
 from nbutils.io import PROJECT_ROOT, read_json, read_jsonl, write_jsonl
-
+from tests.support.fake_llm_server import FakeLLMServer
 
 N_PAPERS, PAGES_PER_PAPER = 5, 4
 

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from tests.support.fake_llm_server import FakeLLMServer
 from nbutils.llm import LLMError, make_backend
+from tests.support.fake_llm_server import FakeLLMServer
 from tests.support.llm import MSG
 
 

@@ -5,9 +5,8 @@ import time
 
 import pytest
 
+from nbutils.llm import LLMError, RetryPolicy, complete_many, complete_with_retries, make_backend
 from tests.support.fake_llm_server import FakeLLMServer
-from nbutils.llm import (LLMError, RetryPolicy, complete_many, complete_with_retries,
-                         make_backend)
 from tests.support.llm import FAST, MSG
 
 

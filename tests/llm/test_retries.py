@@ -5,9 +5,16 @@ import time
 
 import pytest
 
+from nbutils.llm import (
+    LLMError,
+    RateLimiter,
+    RetryPolicy,
+    complete_many,
+    complete_with_retries,
+    iter_completions,
+    make_backend,
+)
 from tests.support.fake_llm_server import FakeLLMServer
-from nbutils.llm import (LLMError, RateLimiter, RetryPolicy, complete_many, complete_with_retries,
-                         iter_completions, make_backend)
 from tests.support.llm import FAST, MSG
 
 

@@ -2,8 +2,7 @@
 the references cut) and each switchable."""
 from __future__ import annotations
 
-from nbutils.parse import (clean_pages, cut_references, drop_running_lines, normalize_text,
-                           rejoin_hyphenated)
+from nbutils.parse import clean_pages, cut_references, drop_running_lines, normalize_text, rejoin_hyphenated
 from tests.support.pdfs import WORDS, body_lines
 
 

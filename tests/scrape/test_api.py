@@ -9,10 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.support.hostile_servers import HostileServer, atom, atom_feed
 from nbutils.io import read_json
 from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
 from nbutils.scrape.api import parse_atom
+from tests.support.hostile_servers import HostileServer, atom, atom_feed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "arxiv_api"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.hostile_servers import HostileServer, send
 from nbutils.scrape import ScrapeConfig, redact, scrape
+from tests.support.hostile_servers import HostileServer, send
 
 
 def test_redact_masks_env_secrets_credentials_in_urls_and_auth_headers(monkeypatch):

@@ -7,12 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hostile_servers import (HostileServer, atom, atom_feed, page, pdf, redirect, search_page, search_result,
-                             small_pdf)
 from nbutils.demo_site import DemoSite
 from nbutils.io import read_json, read_jsonl, sha256_file
 from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
 from nbutils.scrape.hosts import HostPolicy
+from tests.support.hostile_servers import (
+    HostileServer,
+    atom,
+    atom_feed,
+    page,
+    pdf,
+    redirect,
+    search_page,
+    search_result,
+    small_pdf,
+)
 
 PID = "2405.00001"
 

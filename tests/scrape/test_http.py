@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.support.hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, send, small_pdf
 from nbutils.io import read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.http import Throttle, retry_after_seconds
+from tests.support.hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, send, small_pdf
 
 PID, PID2 = "2405.00001v1", "2405.00002v1"     # the scraper fetches <origin>/pdf/<id>
 

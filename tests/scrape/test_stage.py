@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_arxiv import ExtraEntry, FaultySite
 from nbutils.demo_site import DemoSite, load_corpus
 from nbutils.io import read_json, read_jsonl, sha256_file
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.download import pdf_problem
+from tests.support.fake_arxiv import ExtraEntry, FaultySite
 
 CORPUS = load_corpus()          # newest first, as the site lists them
 DELAY = 0.3

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hostile_servers import HostileServer, atom, atom_feed, pdf, small_pdf
 from nbutils.io import read_json, read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.store import load_existing, place_under_id
+from tests.support.hostile_servers import HostileServer, atom, atom_feed, pdf, small_pdf
 
 PID = "2405.00001v1"
 

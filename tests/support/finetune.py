@@ -7,7 +7,6 @@ from pathlib import Path
 
 from nbutils.finetune import FinetuneConfig
 
-
 TOPICS = ["graph neural networks", "diffusion models", "protein folding", "quantum error correction",
           "sparse attention", "federated learning", "speech recognition", "reinforcement learning",
           "causal inference", "image segmentation", "knowledge distillation", "contrastive learning",

@@ -1,7 +1,6 @@
 """What nbutils.llm's tests send: one chat message and a retry policy fast enough for tests."""
 from nbutils.llm import RetryPolicy
 
-
 MSG = [{"role": "user", "content": "Text: rotary embeddings rotate query and key vectors by position."}]
 
 

@@ -10,7 +10,6 @@ from reportlab.pdfgen import canvas
 
 from nbutils.parse import ParseConfig
 
-
 WORDS = ("language models learn from data and the training objective shapes what they represent about "
          "syntax meaning and the world while evaluation measures how well they generalise").split()
 

@@ -7,7 +7,6 @@ import torch
 from nbutils.generation import GenParams
 from nbutils.generation.static import StaticDecoder, StaticShape
 
-
 VOCAB, PAD, EOS = 96, 0, 1
 
 
