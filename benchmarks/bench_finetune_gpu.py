@@ -1025,7 +1025,7 @@ def cmd_kernels(args) -> dict:
 # ------------------------------------------------------------------------------------------------ generation
 def cmd_gen(args) -> dict:
     """The original's loop (one prompt per generate, sampled, 4-bit) vs stage 05's batched greedy
-    (nbutils.evaluate.generate_batch; bf16 on a >= 40 GiB card as EvalConfig.load_in_4bit=None chooses).
+    (nbutils.evaluate.generate_batch; bf16 on a >= 40 GiB card as EvaluateConfig.load_in_4bit=None chooses).
     Both with a LoRA adapter attached (r=64, 7 projections) and min_new_tokens = max_new_tokens so both do
     the same number of tokens per example."""
     import torch

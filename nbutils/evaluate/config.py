@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nbutils.config import StageConfig, option
+from nbutils.decoding.params import GenParams
 
 JUDGE_BACKENDS = ("", "groq", "openai", "local")
 
 
 @dataclass
-class EvalConfig(StageConfig):
+class EvaluateConfig(StageConfig):
     """Base vs tuned on the held-out split: generation, scoring, bootstrap and the optional judge."""
 
     PROFILE_OVERRIDES: ClassVar[dict] = {
@@ -51,3 +52,8 @@ class EvalConfig(StageConfig):
     judge_model: str | None = option(None, "None: the backend's default model")
     judge_base_url: str | None = option(None, "OpenAI-compatible server URL (judge_backend='openai')")
     judge_max_examples: int = option(0, "0: judge every evaluated example")
+
+    def gen_params(self) -> GenParams:
+        """The decoding settings of both passes (base and tuned)."""
+        return GenParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                         top_p=self.top_p, seed=self.seed, static_cache=self.static_cache)

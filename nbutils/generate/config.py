@@ -92,5 +92,6 @@ class GenerateConfig(StageConfig):
     def use_json_mode(self) -> bool:
         return self.template().json_mode if self.json_mode is None else bool(self.json_mode)
 
-    def gen_params(self) -> dict:
+    def request_params(self) -> dict:
+        """The keyword arguments of every LLM request (part of each page's cache key)."""
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "json_mode": self.use_json_mode()}
