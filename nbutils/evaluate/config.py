@@ -17,6 +17,8 @@ class EvaluateConfig(StageConfig):
     PROFILE_OVERRIDES: ClassVar[dict] = {
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
                  "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024},
+        # the original's loop: one example per HF generate, sampled (temperature/top_p 0.5), 4-bit base
+        "original": {"do_sample": True, "batch_size": 1, "engine": "plain", "load_in_4bit": True},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "adapter_dir": "adapter", "reports_dir": "reports",
                                    "cache_dir": "cache"}

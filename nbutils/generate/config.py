@@ -28,6 +28,7 @@ class GenerateConfig(StageConfig):
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
                  "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "repetition_penalty": 1.15},
+        "original": {"workers": 1},   # the original prompt (full's too), one request after another
     }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pages_path": "pages", "triples_path": "triples",
                                              "instruction_json_path": "instruction_json", "dataset_dir": "dataset",
