@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    from .runner import StageFailed, parse_value, run_pipeline
+    from .config import parse_literal
+    from .runner import StageFailed, run_pipeline
 
-    params = {k: parse_value(v) for k, v in args.parameter}
+    params = {k: parse_literal(v) for k, v in args.parameter}  # papermill-like; typed per stage by the runner
     only = [s for s in (args.only or "").split(",") if s.strip()] or None
     try:
         run_pipeline(profile=args.profile, data_dir=args.data_dir, params=params, raw=dict(args.parameter),

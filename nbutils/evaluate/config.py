@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from nbutils.config import StageConfig, option
 from nbutils.decoding.params import GenParams
+from nbutils.finetune.config import EVAL_BF16_MIN_GPU_GIB
 
 JUDGE_BACKENDS = ("", "groq", "openai", "local")
 
@@ -40,7 +41,8 @@ class EvaluateConfig(StageConfig):
     temperature: float = option(0.5, "used only when do_sample (the original's value)")
     top_p: float = option(0.5, "used only when do_sample (the original's value)")
     seed: int = option(42, "sampling and bootstrap seed")
-    load_in_4bit: bool | None = option(None, "None: 4-bit only on a CUDA GPU with < 40 GiB; bf16 otherwise")
+    load_in_4bit: bool | None = option(None, f"None: 4-bit only on a CUDA GPU with < {EVAL_BF16_MIN_GPU_GIB:g} GiB; "
+                                             "bf16 otherwise")
     static_cache: bool = option(False, "plain path only: generate(cache_implementation='static')")
     engine: str = option("auto", "generation engine: auto (static KV cache + CUDA graphs, adapter merged, on a GPU; "
                          "plain HF generate on CPU), plain or static", choices=("auto", "plain", "static"))

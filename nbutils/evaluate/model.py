@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nbutils.io import read_json, sha256_file, sha256_text
 
+from ..finetune.config import EVAL_BF16_MIN_GPU_GIB
 from .config import EvaluateConfig
 from .data import TRAIN_LOG, read_train_log
 
@@ -101,7 +102,7 @@ def choose_4bit(cfg: EvaluateConfig, device: str) -> bool:
         return False
     import torch
 
-    return torch.cuda.get_device_properties(0).total_memory < 40 * 2**30
+    return torch.cuda.get_device_properties(0).total_memory < EVAL_BF16_MIN_GPU_GIB * 2**30
 
 
 def load_tokenizer_for_eval(cfg: EvaluateConfig):

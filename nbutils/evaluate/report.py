@@ -10,9 +10,6 @@ from nbutils.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 
 from .metrics import METRIC_LABELS, ROUGE_TYPES
 
-REPORT_FILES = ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md")
-
-
 def verdict(m: dict) -> str:
     """'yes' / 'no' when the CI of tuned − base excludes 0, else 'not shown (...)'; descriptive metrics say so."""
     lo, hi = m["delta_ci"]

@@ -25,6 +25,9 @@ KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
 # bf16-loaded, 7,195 tok/s at 10.5 GiB).
 MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_fused"},
                 "lean": {"gradient_checkpointing": True, "optim": "paged_adamw_8bit"}}
+# Stage 05 (load_in_4bit=None) loads its base in bf16 on a CUDA GPU with at least this much memory, in 4-bit below
+# (bf16 keeps the adapter attached without dequantising in every matmul; Llama-3-8B's bf16 weights are 16 GB).
+EVAL_BF16_MIN_GPU_GIB = 40.0
 AUTO = "auto"
 
 
