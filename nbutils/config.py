@@ -13,6 +13,7 @@ data (`XConfig.overrides("original")`; the README, tests and benchmarks use it f
         pages_path: str | None = option(None, "None: data_dir/pages.jsonl")
 
     cfg = ParseConfig.from_params(profile=profile, data_dir=data_dir, workers=workers)
+    cfg = ParseConfig.from_notebook(globals())      # in a notebook: the same, from the parameters cell
 
 Precedence: injected parameter > profile override > field default. A parameter left at `None` means
 "the profile's default". Every value, wherever it comes from (a notebook literal, `-p key value` on the
@@ -28,7 +29,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Mapping, Union
 
 from .io import DataPaths, resolve_data_dir
 
@@ -237,6 +238,14 @@ class StageConfig:
         values = dict(cls.overrides(profile))
         values.update({k: v for k, v in cls.check_params(params).items() if v is not None})
         return cls(profile=profile, **values)
+
+    @classmethod
+    def from_notebook(cls, namespace: Mapping[str, Any]):
+        """Build from a notebook's variables (`globals()`): `profile` and every name that is one of this config's
+        fields (the parameters cell's, as papermill injected them); any other name is not read. So each parameter
+        is written once, in the parameters cell (tests/test_notebooks.py checks the names against the fields)."""
+        params = {name: namespace[name] for name in cls.field_names() if name in namespace and name != "profile"}
+        return cls.from_params(profile=namespace.get("profile", "demo"), **params)
 
     @classmethod
     def defaults(cls, profile: str) -> dict[str, Any]:
