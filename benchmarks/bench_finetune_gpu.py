@@ -297,7 +297,7 @@ def attn_name(impl: str) -> str:
     return VARLEN if impl == "varlen" else impl
 
 
-def case_params(case: "Case") -> dict:
+def case_params(case: Case) -> dict:
     """The stage's knobs (FinetuneConfig fields) that make this case."""
     if case.auto:
         extra = {"keep_base_weight": False} if case.patch == "nokeep" else {}
@@ -316,7 +316,8 @@ def case_params(case: "Case") -> dict:
 
 
 def set_attention(model, impl: str) -> str:
-    from nbutils.kernels.attention import VARLEN, kernel_usable, set_attention as stage_set_attention
+    from nbutils.kernels.attention import VARLEN, kernel_usable
+    from nbutils.kernels.attention import set_attention as stage_set_attention
 
     impl = attn_name(impl)
     if impl == VARLEN and not kernel_usable():

@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbutils.decoding import EngineSettings, GenerationEngine, GenParams, generate_plain  # noqa: E402
-from nbutils.decoding.engine import kv_bytes_per_token  # noqa: E402
-
 from bench_generation import LORA_TARGETS as TARGETS  # noqa: E402,F401  (shared helpers of 05's benchmark)
 from bench_generation import attach_lora, random_prompts  # noqa: E402,F401
 from bench_generation import load_gpu_model as load_folder  # noqa: E402
+
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams, generate_plain  # noqa: E402
+from nbutils.decoding.engine import kv_bytes_per_token  # noqa: E402
 
 SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
             num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,

@@ -163,9 +163,8 @@ def run_local(folder: str, n: int, batch: int, max_tokens: int = 256) -> dict:
 
 
 def run_real_suite(a, bw: float) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from bench_generation_engine import attach_lora
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = a.model
     tok = AutoTokenizer.from_pretrained(folder)
@@ -201,11 +200,12 @@ def summarize(raw_json: str, out_json: str, stop_ids: tuple[int, ...] = (2,)) ->
     ROUGE-L between the paired answers, where answers first diverge; written compact (texts, no token ids).
     Answers are compared up to 05's stop ids (`stop_ids`: SmolLM2's generation-config eos, <|im_end|> = 2): the run
     of 2026-12-01 gave the current path only the tokenizer's eos/pad, so it wrote on past <|im_end|> where 05 stops."""
-    from nbutils.decoding import cut_at_stop
     import json
 
     import numpy as np
     from rouge_score import rouge_scorer
+
+    from nbutils.decoding import cut_at_stop
 
     full = json.loads(Path(raw_json).read_text())
     real = full["real"]

@@ -28,8 +28,9 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Union
 
 from .io import DataPaths, resolve_data_dir
 

@@ -1,12 +1,12 @@
 """Run the notebook series 01 -> 05 with papermill: one run folder, a line per stage, stop at the first failure."""
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .config import check_profile
 from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
@@ -150,7 +150,7 @@ def describe_failure(stage: str, err: Exception) -> str:
 
 
 def new_run_dir(data_dir: str | Path, profile: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = DataPaths(data_dir).runs / f"{stamp}-{profile}"
     n = 1
     while run_dir.exists():

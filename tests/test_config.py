@@ -1,12 +1,20 @@
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from nbutils.config import (ConfigValueError, StageConfig, coerce, config_from_argv, option, parameter_table,
-                            parse_literal, stage_main)
+from nbutils.config import (
+    ConfigValueError,
+    StageConfig,
+    coerce,
+    config_from_argv,
+    option,
+    parameter_table,
+    parse_literal,
+    stage_main,
+)
 
 
 @dataclass

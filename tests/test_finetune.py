@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from transformers import TrainerCallback
 
+from nbutils.config import config_from_argv
 from nbutils.finetune import FinetuneConfig, callbacks, data, resume, runtime, stage
 from nbutils.finetune import train as tr
-from nbutils.config import config_from_argv
 from nbutils.finetune.__main__ import main
 from nbutils.io import PROJECT_ROOT
 

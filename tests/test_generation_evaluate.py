@@ -3,12 +3,11 @@ keys of caches written before the engine, and answers through a session equal th
 from __future__ import annotations
 
 import torch
+from test_generation_engine import IdTokenizer, prompts, tiny_llama, with_lora
 
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams
 from nbutils.evaluate import EvaluateConfig, generate_answers
 from nbutils.evaluate.stage import run_key
-from nbutils.decoding import EngineSettings, GenerationEngine, GenParams
-
-from test_generation_engine import IdTokenizer, prompts, tiny_llama, with_lora
 
 
 class PromptTokenizer(IdTokenizer):

@@ -12,11 +12,19 @@
     result.py      EvaluateResult (summary, one row per metric)
     stage.py       run(cfg) -> EvaluateResult
 """
+from .answers import (
+                         GenParams,
+                         PredictionCache,
+                         clean_answer,
+                         cut_at_stop,
+                         generate_answers,
+                         generate_batch,
+                         left_pad,
+                         length_sorted_batches,
+)
 from .bootstrap import MetricSpec, mean_spec, paired_bootstrap, ratio_spec
 from .config import EvaluateConfig
 from .data import load_eval_examples, recorded_template, resolve_template
-from .answers import (GenParams, PredictionCache, clean_answer, cut_at_stop, generate_answers, generate_batch,
-                         left_pad, length_sorted_batches)
 from .judge import judge_metrics, judge_pairwise, parse_verdict
 from .metrics import ROUGE_METRIC_DIR, bleu_stats, corpus_bleu_from_stats, rouge_scores
 from .model import AdapterBaseMismatch, check_adapter, check_adapter_base, load_model_with_adapter

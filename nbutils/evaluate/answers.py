@@ -3,14 +3,23 @@ CPU, the static compiled path with the adapter merged on a GPU), length-sorted b
 marker per sequence, cached per example so a killed run resumes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from nbutils.decoding import (STOP_MARKERS, EngineSettings, GenerationEngine, GenParams, Session, clean_answer,
-                                cut_at_stop, eos_ids, left_pad, length_sorted_batches)
+from nbutils.decoding import (
+    STOP_MARKERS,
+    EngineSettings,
+    GenerationEngine,
+    GenParams,
+    Session,
+    clean_answer,
+    cut_at_stop,
+    eos_ids,
+    left_pad,
+    length_sorted_batches,
+)
 from nbutils.decoding import generate_plain as generate_batch  # the plain path, under its old name
 from nbutils.io import append_jsonl, read_jsonl, sha256_text
-
 
 __all__ = ["STOP_MARKERS", "GenParams", "PredictionCache", "encode_prompts", "generate_answers", "generate_batch",
            "eos_ids", "left_pad", "cut_at_stop", "clean_answer", "length_sorted_batches"]

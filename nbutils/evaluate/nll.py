@@ -2,7 +2,7 @@
 the answer the data says is right, independent of what it would generate."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

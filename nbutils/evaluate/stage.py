@@ -15,21 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
+from nbutils.decoding import EngineSettings, GenerationEngine
 from nbutils.io import sha256_text
 from nbutils.templates import build_prompt
 
+from .answers import GenParams, PredictionCache, encode_prompts, generate_answers
 from .bootstrap import paired_bootstrap
 from .config import EvaluateConfig
 from .data import load_eval_examples, resolve_template
-from nbutils.decoding import EngineSettings, GenerationEngine
-
-from .answers import GenParams, PredictionCache, encode_prompts, generate_answers
 from .judge import judge_metrics, judge_pairwise
 from .metrics import METRIC_LABELS, ROUGE_TYPES, bleu_stats, build_specs, rouge_scores, sentence_bleu, word_count
 from .model import check_adapter, load_model_with_adapter, model_fingerprint
 from .nll import reference_nll
 from .report import write_reports
 from .result import EvaluateResult
+
 
 def run_key(cfg: EvaluateConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool,
             engine_key: str = "") -> str:
@@ -106,7 +106,8 @@ def score(cfg: EvaluateConfig, rows, prompts, refs, answers: dict, nll: dict, te
         "n_examples": len(rows), "template": template, "split": cfg.split,
         "reference_words_mean": float(np.mean([word_count(x) for x in refs])),
         "generation": {"do_sample": cfg.do_sample, "max_new_tokens": cfg.max_new_tokens,
-                       **({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed} if cfg.do_sample else {})},
+                       **({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+                          if cfg.do_sample else {})},
         "bootstrap": {"n": cfg.n_bootstrap, "seed": cfg.seed, "confidence": cfg.confidence, "paired": True},
         "metrics": metrics, "labels": METRIC_LABELS,
         "config": cfg.to_dict(),

@@ -27,9 +27,9 @@ optionally merged/.
 """
 from .config import FinetuneConfig
 from .data import choose_pad_token, describe_truncation
-from .stage import cli_args, run, wants_distributed
 from .result import FinetuneResult
 from .runtime import Runtime, resolve_runtime
+from .stage import cli_args, run, wants_distributed
 from .train import build_trainer, load_base_model, prepare_model_for_training
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Runtime", "build_trainer", "choose_pad_token", "cli_args",
