@@ -4,7 +4,7 @@ card, same call. One script, four modes (`python -m benchmarks.generation_speed 
   loop      (issue 8) the original project's loop vs 05's batching, same model:
               original : one example per `generate` call, sampled (temperature 0.5, top_p 0.5), the tuned model as
                          the original loaded it (4-bit base + LoRA adapter on a GPU; fp32 + adapter on CPU)
-              ours     : nbutils.generation.generate_plain: prompts sorted by length, left-padded batches, greedy,
+              ours     : nbutils.decoding.generate_plain: prompts sorted by length, left-padded batches, greedy,
                          bf16 base with the same adapter attached (GPU; fp32 on CPU)
               ours_4bit: the same batching on the original's 4-bit model (what batching alone buys)   [GPU, optional]
               ours_static: ours + a static KV cache (cache_implementation="static")                  [GPU, optional]
@@ -18,7 +18,7 @@ card, same call. One script, four modes (`python -m benchmarks.generation_speed 
               real         the embedded SmolLM2 (real weights; --model folder), Alpaca prompts from the demo corpus,
                            greedy with stop markers, base and tuned (a seeded random r=64 adapter): answers of both
                            paths side by side; and 03's local backend (benchmarks.generate_local)
-            variants: current (nbutils.generation.generate_plain: HF `generate`, dynamic KV cache, PEFT's LoRA
+            variants: current (nbutils.decoding.generate_plain: HF `generate`, dynamic KV cache, PEFT's LoRA
             layers unmerged), engine (LoRA merged, StaticCache, decode step compiled with CUDA graphs, done-checks
             every 16 steps), hf_static (HF `generate(cache_implementation="static")` on the merged weights; --hf-static)
   summarize / fp32check   CPU-side analysis of the `engine --suites real` JSON: identical answers, ROUGE-L, where
@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nbutils.generation import (EngineSettings, GenerationEngine, GenParams, clean_answer, cut_at_stop, eos_ids,
+from nbutils.decoding import (EngineSettings, GenerationEngine, GenParams, clean_answer, cut_at_stop, eos_ids,
                                 generate_plain, length_sorted_batches)
-from nbutils.generation.engine import kv_bytes_per_token
+from nbutils.decoding.engine import kv_bytes_per_token
 
 from .common import (LLAMA3_8B, SMOLLM2_135M, attach_lora, build_random_model, environment, free_memory,
                      load_gpu_model, log, measure_bandwidth, random_prompts, short_samples, sync, write_json)
@@ -77,7 +77,7 @@ def time_loop(model, prompts, pad_id, stop, max_new: int, seed: int) -> dict:
 
 
 def time_batched(model, prompts, pad_id, stop, max_new: int, batch_size: int, static: bool = False) -> dict:
-    """Ours: length-sorted, left-padded greedy batches through nbutils.generation.generate_plain."""
+    """Ours: length-sorted, left-padded greedy batches through nbutils.decoding.generate_plain."""
     gen = GenParams(max_new_tokens=max_new, min_new_tokens=max_new, static_cache=static)
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     generate_plain(model, [prompts[i] for i in batches[0]], pad_id, stop, gen)  # warm-up (and compile if static)
@@ -311,7 +311,7 @@ def time_engine(model, tok, prompts, gen, batch_size, compile_: bool = True) -> 
 
 def time_hf_static(model, prompts, gen, pad, stop, batch_size) -> dict:
     """HF generate's own static cache + auto-compile, on the merged weights (LoRA taken out)."""
-    from nbutils.generation.lora import DecodeWeights
+    from nbutils.decoding.lora import DecodeWeights
 
     g = GenParams(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens, static_cache=True,
                   stop_markers=())

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import PROFILES
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m nbutils", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the notebooks 01 -> 05 with papermill")
-    run.add_argument("--profile", default="demo", choices=("demo", "full"))
+    run.add_argument("--profile", default="demo", choices=PROFILES)
     run.add_argument("--data-dir", default="data", help="relative paths resolve against the project root")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                      help="inject a parameter into every notebook that has it; 'NN.key' targets one stage")

@@ -2,7 +2,8 @@
 
 Every stage keeps its configuration dataclass next to its code (as TRL keeps SFTConfig beside SFTTrainer).
 A field holds the `full` profile's value and its help text; the `demo` profile is a short dict of
-overrides (as nanoGPT's config files are):
+overrides (as nanoGPT's config files are), and so is `original`: the original project's method, written once, as
+data (`XConfig.overrides("original")`; the README, tests and benchmarks use it from there):
 
     @dataclass
     class ParseConfig(StageConfig):
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, Union
 
 from .io import DataPaths, resolve_data_dir
 
-PROFILES = ("demo", "full")
+PROFILES = ("demo", "full", "original")
 _NONE_WORDS = ("none", "null")
 _TRUE_WORDS = ("true", "yes", "on", "1")
 _FALSE_WORDS = ("false", "no", "off", "0")
@@ -184,7 +185,8 @@ class StageConfig:
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {}
     PATH_FIELDS: ClassVar[dict[str, str]] = {}
 
-    profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU",
+    profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU; "
+                          "original: full with the original project's method (the baseline)",
                           choices=PROFILES)
     data_dir: str = option("data", "every input and output defaults to a fixed name under it")
 

@@ -18,7 +18,7 @@ STAGE_CONFIGS = {  # notebook -> the config class whose field types check its -p
     "02_parse": ("nbutils.parse", "ParseConfig"),
     "03_generate": ("nbutils.generate", "GenerateConfig"),
     "04_finetune": ("nbutils.finetune", "FinetuneConfig"),
-    "05_evaluate": ("nbutils.evaluate", "EvalConfig"),
+    "05_evaluate": ("nbutils.evaluate", "EvaluateConfig"),
 }
 
 

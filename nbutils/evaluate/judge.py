@@ -10,7 +10,7 @@ import numpy as np
 from nbutils.io import sha256_text
 
 from .bootstrap import mean_spec, paired_bootstrap
-from .generation import PredictionCache
+from .answers import PredictionCache
 
 JUDGE_SYSTEM = ("You are a strict, impartial grader of answers to questions about research papers. Judge which "
                 "answer is more correct, complete and faithful to the reference answer. Ignore answer order and "

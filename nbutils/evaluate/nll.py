@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .generation import encode_prompts, left_pad, length_sorted_batches
+from .answers import encode_prompts, left_pad, length_sorted_batches
 
 
 def reference_nll(model, tok, prompts: Sequence[str], references: Sequence[str], batch_size: int = 8,

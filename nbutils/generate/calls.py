@@ -65,7 +65,7 @@ def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dic
     backend = build_backend(cfg, template)
     limiter = make_limiter(cfg)
     workers = cfg.workers or PROVIDER_LIMITS.get(cfg.backend, {}).get("workers", 4)
-    params = cfg.gen_params()
+    params = cfg.request_params()
     policy = RetryPolicy(max_attempts=cfg.max_attempts, max_wait_s=cfg.max_wait_s)
     t0 = time.monotonic()
     counts: Counter = Counter()
