@@ -20,6 +20,7 @@ def check_dropout_kernels(m: int = 8192, r: int = 64, p: float = 0.1, sweep: boo
     import itertools
 
     import torch
+
     from nbutils.kernels import fused_lora_triton as kernels
 
     def rel(a, b):

@@ -42,8 +42,21 @@ from pathlib import Path
 from nbutils.finetune import FinetuneConfig
 from nbutils.kernels.attention import VARLEN
 
-from .common import PEAK_TFLOPS, REPO, SHAPES, StepTimer, build_random_model, concat_chunks, environment, is_main
-from .common import log, n_params_unquantised, set_attention, short_samples, write_json
+from .common import (
+    PEAK_TFLOPS,
+    REPO,
+    SHAPES,
+    StepTimer,
+    build_random_model,
+    concat_chunks,
+    environment,
+    is_main,
+    log,
+    n_params_unquantised,
+    set_attention,
+    short_samples,
+    write_json,
+)
 
 # ------------------------------------------------------------------------------------------------ cases
 # Keys of a case that are not FinetuneConfig fields: how the benchmark runs it.
@@ -239,8 +252,9 @@ def skip_trl_metrics(trainer) -> None:
 
 def use_stock_trl(trainer) -> None:
     """TRL's and the Trainer's own per-micro-batch read-backs on this trainer (nbutils.trainer defers them)."""
-    from nbutils.finetune.trainer import SyncFreeSFTTrainer
     from trl import SFTTrainer
+
+    from nbutils.finetune.trainer import SyncFreeSFTTrainer
 
     for name in SyncFreeSFTTrainer.DEFERRING_METHODS:
         setattr(trainer, name, getattr(SFTTrainer, name).__get__(trainer))
@@ -254,6 +268,7 @@ def compile_layers(model) -> None:
 def run_case(name: str, case: dict, base, tok, ds: dict, args, n_params: int, device: str) -> dict:
     import torch
     from datasets import Dataset
+
     from nbutils import finetune
 
     if device == "cuda":
@@ -378,6 +393,7 @@ def load_base(args, device: str):
 
 def cmd_train(args) -> list[dict]:
     import torch
+
     from nbutils.finetune import choose_pad_token
     from nbutils.models import load_tokenizer
 

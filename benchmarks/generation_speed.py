@@ -49,12 +49,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nbutils.decoding import (EngineSettings, GenerationEngine, GenParams, clean_answer, cut_at_stop, eos_ids,
-                                generate_plain, length_sorted_batches)
+from nbutils.decoding import (
+    EngineSettings,
+    GenerationEngine,
+    GenParams,
+    clean_answer,
+    cut_at_stop,
+    eos_ids,
+    generate_plain,
+    length_sorted_batches,
+)
 from nbutils.decoding.engine import kv_bytes_per_token
 
-from .common import (LLAMA3_8B, SMOLLM2_135M, attach_lora, build_random_model, environment, free_memory,
-                     load_gpu_model, log, measure_bandwidth, random_prompts, short_samples, sync, write_json)
+from .common import (
+    LLAMA3_8B,
+    SMOLLM2_135M,
+    attach_lora,
+    build_random_model,
+    environment,
+    free_memory,
+    load_gpu_model,
+    log,
+    measure_bandwidth,
+    random_prompts,
+    short_samples,
+    sync,
+    write_json,
+)
 from .common import demo_windows as windows
 from .generate_local import run_local
 
@@ -187,9 +208,8 @@ def run_evaluate(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from nbutils.finetune.config import LORA_TARGETS
-
     from nbutils.evaluate import GenParams, generate_batch
+    from nbutils.finetune.config import LORA_TARGETS
     from nbutils.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(args.tokenizer or args.model, args.work_dir)
