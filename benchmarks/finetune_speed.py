@@ -424,7 +424,7 @@ def cmd_train(args) -> list[dict]:
             results.append(run_case(name, case, base, tok, ds, args, n_params, device))
         if is_main() and args.json:
             write_json(args.json, {"kind": "train", "env": environment(), "n_params": n_params,
-                                      "args": vars(args), "results": results})
+                                   "args": vars(args), "results": results})
     if is_main():
         print_train_table(results)
         print_unsloth_comparison(results)
