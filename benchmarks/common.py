@@ -12,11 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:   # `python benchmarks/x.py` as well as `python -m benchmarks.x`
-    sys.path.insert(0, str(REPO))
+from nbutils.finetune.config import LORA_TARGETS  # the stage's 7 projections, one home
 
-from nbutils.finetune.config import LORA_TARGETS  # noqa: E402  (the stage's 7 projections, one home)
+REPO = Path(__file__).resolve().parents[1]
 
 PEAK_TFLOPS = 790.0   # dense bf16 matmul measured on this workplace's H100s (KINDS.md: 778-798)
 DEMO_PAPERS = REPO / "nbutils" / "demo_site" / "papers"
