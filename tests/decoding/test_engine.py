@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nbutils.generation import EngineSettings, GenerationEngine, choose_path, fit_batch_size
-from nbutils.generation.engine import bytes_per_sequence
+from nbutils.decoding import EngineSettings, GenerationEngine, choose_path, fit_batch_size
+from nbutils.decoding.engine import bytes_per_sequence
 from tests.support.tiny_llama import GREEDY, IdTokenizer, prompts, tiny_llama, with_lora
 
 

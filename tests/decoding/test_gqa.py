@@ -9,7 +9,7 @@ from tests.support.tiny_llama import tiny_llama
 def test_gqa_decode_attention_equals_sdpa_with_repeated_heads():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from nbutils.generation.gqa import applies, gqa_decode_attention
+    from nbutils.decoding.gqa import applies, gqa_decode_attention
 
     g = torch.Generator().manual_seed(0)
     B, H, Hkv, L, D = 3, 8, 2, 20, 16

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbutils.generation import EngineSettings, GenerationEngine
-from nbutils.generation.local import complete_prompts
+from nbutils.decoding import EngineSettings, GenerationEngine
+from nbutils.decoding.local import complete_prompts
 from tests.support.tiny_llama import IdTokenizer, prompts, tiny_llama
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nbutils.generation.lora import DecodeWeights
-from nbutils.generation.plain import generate_plain
+from nbutils.decoding.lora import DecodeWeights
+from nbutils.decoding.plain import generate_plain
 from tests.support.tiny_llama import EOS, GREEDY, PAD, prompts, static_tokens, tiny_llama, with_lora
 
 
@@ -31,7 +31,7 @@ def test_merged_adapter_answers_equal_unmerged_and_model_is_restored():
         w.use_adapter(False)
         base = static_tokens(model.get_base_model(), batch)
     assert torch.allclose(merged_logits, ref_logits, atol=1e-4, rtol=1e-4)
-    from nbutils.generation import rows_from_new_tokens
+    from nbutils.decoding import rows_from_new_tokens
 
     assert [r["ids"] for r in rows_from_new_tokens(tuned, [PAD, EOS])] == [r["ids"] for r in unmerged_tuned]
     assert [r["ids"] for r in rows_from_new_tokens(base, [PAD, EOS])] == [r["ids"] for r in unmerged_base]

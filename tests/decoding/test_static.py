@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams
-from nbutils.generation.plain import generate_plain
-from nbutils.generation.static import StaticDecoder, StaticShape
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams
+from nbutils.decoding.plain import generate_plain
+from nbutils.decoding.static import StaticDecoder, StaticShape
 from tests.support.tiny_llama import EOS, GREEDY, PAD, IdTokenizer, prompts, static_tokens, tiny_llama
 
 
@@ -15,7 +15,7 @@ def test_static_loop_gives_generates_greedy_tokens():
     batch = prompts()
     plain = generate_plain(model, batch, PAD, [PAD, EOS], GREEDY)
     static = static_tokens(model, batch)
-    from nbutils.generation import rows_from_new_tokens
+    from nbutils.decoding import rows_from_new_tokens
 
     assert [r["ids"] for r in rows_from_new_tokens(static, [PAD, EOS])] == [r["ids"] for r in plain]
 
@@ -60,7 +60,7 @@ def test_static_decoder_is_reused_across_calls_of_smaller_shape():
     model = tiny_llama()
     tok = IdTokenizer()
     engine = GenerationEngine(model, tok, EngineSettings(path="static", compile=False))
-    from nbutils.generation import generate_in_order
+    from nbutils.decoding import generate_in_order
 
     long_rows, _ = generate_in_order(engine, prompts(6), GREEDY, batch_size=4)
     short = [p[:3] for p in prompts(2)]

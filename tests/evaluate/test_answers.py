@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from nbutils import evaluate as ev
-from nbutils.evaluate import EvalConfig, generate_answers
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams
+from nbutils.evaluate import EvaluateConfig, generate_answers
 from nbutils.evaluate.stage import run_key
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams
 from tests.support.tiny_llama import IdTokenizer, prompts, tiny_llama, with_lora
 
 
@@ -20,7 +20,7 @@ class PromptTokenizer(IdTokenizer):
 
 
 def test_run_key_changes_with_the_engine_key_and_not_for_the_plain_path():
-    cfg = EvalConfig()
+    cfg = EvaluateConfig()
     fp, gen = {"base": "b", "adapter": "a"}, GenParams()
     plain = run_key(cfg, fp, "tuned", "alpaca", gen, False)
     assert run_key(cfg, fp, "tuned", "alpaca", gen, False, "") == plain
@@ -34,9 +34,9 @@ def test_eval_config_engine_is_checked():
 
     from nbutils.config import ConfigValueError
 
-    assert EvalConfig().engine == "auto"
+    assert EvaluateConfig().engine == "auto"
     with pytest.raises(ConfigValueError):
-        EvalConfig.from_params(profile="demo", engine="fast")
+        EvaluateConfig.from_params(profile="demo", engine="fast")
 
 
 def test_generate_answers_through_a_session_equals_the_plain_path_for_both_passes():

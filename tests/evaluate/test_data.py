@@ -12,7 +12,7 @@ def test_references_from_the_original_json_come_without_its_wrapping_quotes_and_
     rows = [{"Instruction": f'"What is claim {i}?"', "Input": "", "Output": f'"Claim {i} holds."\n\n**'}
             for i in range(10)]
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
-    examples = ev.load_eval_examples(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)))
+    examples = ev.load_eval_examples(ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path)))
     assert "cleaned 20 of 30 fields" in capsys.readouterr().out
     numbers = [e["instruction"].split()[-1].rstrip("?") for e in examples]
     assert [e["output"] for e in examples] == [f"Claim {n} holds." for n in numbers]

@@ -41,7 +41,7 @@ def test_an_adapter_trained_on_another_base_is_refused_naming_both(tmp_path):
     trained = tiny_llama(tmp_path / "org" / "tiny-base", 32)
     other = tiny_llama(tmp_path / "other" / "tiny-instruct", 32)   # same shapes: PEFT alone would load it
     adapter = tiny_adapter(trained, tmp_path / "adapter")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(other),
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(other),
                                     adapter_dir=str(adapter))
     with pytest.raises(ev.AdapterBaseMismatch, match="was trained on") as e:
         ev.load_model_with_adapter(cfg, verbose=False)
@@ -56,7 +56,7 @@ def test_an_adapter_whose_shapes_do_not_fit_gets_a_clear_message_not_a_size_mism
     trained = tiny_llama(tmp_path / "a" / "tiny", 32)
     wider = tiny_llama(tmp_path / "b" / "tiny", 48)          # same folder name, other shapes
     adapter = tiny_adapter(trained, tmp_path / "adapter")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(wider),
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(wider),
                                     adapter_dir=str(adapter))
     with pytest.raises(ev.AdapterBaseMismatch, match="does not fit base_model") as e:
         load_without_tokenizer(cfg)

@@ -60,7 +60,7 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
 
 
 def check_end_to_end(d: Path, params: dict) -> None:
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(d), **params)
     first = ev.run(cfg, verbose=False)   # loading the model itself (the CLI's path)
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
@@ -87,7 +87,7 @@ def check_end_to_end(d: Path, params: dict) -> None:
 
     # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
     # (the notebook's path: the model is loaded in its own cell and passed in)
-    from nbutils.generation.engine import Session
+    from nbutils.decoding.engine import Session
 
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
@@ -110,4 +110,4 @@ def check_end_to_end(d: Path, params: dict) -> None:
 def test_missing_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
     with pytest.raises(FileNotFoundError, match="04_finetune"):
-        ev.run(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)
+        ev.run(ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)

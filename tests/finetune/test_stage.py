@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from nbutils.config import config_from_argv
-from nbutils.finetune import FinetuneConfig, launch, resume
+from nbutils.finetune import FinetuneConfig, resume, stage
 from nbutils.finetune import train as tr
 from nbutils.finetune.__main__ import main
 from nbutils.io import PROJECT_ROOT
@@ -26,9 +26,9 @@ def test_cli_flags_round_trip(tmp_path):
     cfg = FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), max_steps=10, lora_r=8,
                                      lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4,
                                      **ORIGINAL_RECIPE)
-    again, print_only = config_from_argv(FinetuneConfig, launch.cli_args(cfg), "test")
+    again, print_only = config_from_argv(FinetuneConfig, stage.cli_args(cfg), "test")
     assert again.to_dict() == cfg.to_dict() and not print_only
-    cmd = " ".join(launch.launch_command(cfg))
+    cmd = " ".join(stage.launch_command(cfg))
     assert "accelerate.commands.launch --multi_gpu" in cmd and "-m nbutils.finetune" in cmd
 
 

@@ -39,6 +39,5 @@ def full_cfg(tmp_path, **kw) -> FinetuneConfig:
     return FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), **kw)
 
 
-# The original project's recipe, spelled with the stage's knobs (README, bench_finetune_gpu.py's "original").
-ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
-                       attn_implementation="sdpa", packing=False)
+# The original project's recipe: the `original` profile's overrides (one source: FinetuneConfig.PROFILE_OVERRIDES).
+ORIGINAL_RECIPE = FinetuneConfig.overrides("original")

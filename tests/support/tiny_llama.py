@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nbutils.generation import GenParams
-from nbutils.generation.static import StaticDecoder, StaticShape
+from nbutils.decoding import GenParams
+from nbutils.decoding.static import StaticDecoder, StaticShape
 
 VOCAB, PAD, EOS = 96, 0, 1
 
