@@ -24,16 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("provision-model", help="convert the embedded SmolLM2 into a HF folder (offline)")
     prov.add_argument("--data-dir", default="data")
 
-    sub.add_parser("docs", help="regenerate README.md's parameter tables from the stage configs")
+    sub.add_parser("docs", help="regenerate the parameter tables of docs/stages/*.md from the stage configs")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "docs":
-        from .docs import README, write_readme_tables
+        from .docs import STAGE_DOCS, write_doc_tables
 
-        print(f"{README}: {'tables updated' if write_readme_tables() else 'tables already up to date'}")
+        changed = write_doc_tables()
+        print(f"{STAGE_DOCS}: " + (f"tables updated in {', '.join(p.name for p in changed)}" if changed
+                                   else "tables already up to date"))
         return 0
     if args.command == "provision-model":
         from .models import ModelNotAvailable, provision_embedded_model

@@ -1,19 +1,87 @@
-"""README's parameter tables are generated from the configs (nbutils.docs): they cannot drift."""
-from nbutils.docs import README, render_parameter_blocks, stages_with_blocks
-from nbutils.runner import STAGE_CONFIGS
+"""The docs cannot drift: the stage pages' parameter tables are generated from the configs (nbutils.docs), every
+relative link of the README and docs/ resolves, and the README stays short."""
+import re
+from pathlib import Path
+
+import pytest
+
+from nbutils.docs import (
+    DOC_CONFIGS,
+    DOCS_DIR,
+    README,
+    STAGE_DOCS,
+    render_parameter_blocks,
+    stage_pages,
+    stages_with_blocks,
+    write_doc_tables,
+)
+
+README_MAX_LINES = 250
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def test_every_stage_has_a_parameter_table_in_the_readme():
-    assert sorted(stages_with_blocks(README.read_text())) == sorted(STAGE_CONFIGS)
+def markdown_files() -> list[Path]:
+    return [README, *sorted(DOCS_DIR.rglob("*.md"))]
 
 
-def test_readme_tables_equal_the_configs():
-    text = README.read_text()
-    assert render_parameter_blocks(text) == text, "README tables differ from the configs: run `python -m nbutils docs`"
+def test_every_stage_has_one_parameter_table_on_its_own_page():
+    blocks = {p.stem: stages_with_blocks(p.read_text(encoding="utf-8")) for p in stage_pages()}
+    assert sorted(s for found in blocks.values() for s in found) == sorted(DOC_CONFIGS)
+    for page, found in blocks.items():
+        assert all(page == s or page.endswith(f"_{s}") for s in found), f"docs/stages/{page}.md holds {found}"
 
 
-def test_a_changed_default_shows_up_as_a_difference():
-    text = README.read_text()
+def test_the_readme_holds_no_parameter_table():
+    assert stages_with_blocks(README.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("page", stage_pages(), ids=lambda p: p.name)
+def test_stage_page_tables_equal_the_configs(page):
+    text = page.read_text(encoding="utf-8")
+    assert render_parameter_blocks(text) == text, f"{page.name} differs from the configs: run `python -m nbutils docs`"
+
+
+def test_a_changed_default_shows_up_and_the_command_rewrites_it(tmp_path):
+    page = stage_pages()[0]
+    text = page.read_text(encoding="utf-8")
     stage = stages_with_blocks(text)[0]
     tampered = text.replace(f"<!-- params:{stage} -->\n", f"<!-- params:{stage} -->\n| stale row |\n", 1)
-    assert render_parameter_blocks(tampered) == text
+    assert tampered != text and render_parameter_blocks(tampered) == text
+    (tmp_path / page.name).write_text(tampered, encoding="utf-8")
+    assert write_doc_tables(tmp_path) == [tmp_path / page.name]
+    assert (tmp_path / page.name).read_text(encoding="utf-8") == text
+    assert write_doc_tables(tmp_path) == []
+
+
+def test_an_unknown_stage_in_a_block_is_named():
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        render_parameter_blocks("<!-- params:nope -->\n<!-- /params -->")
+
+
+def relative_links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)   # code blocks hold no links
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(README.parent)))
+def test_every_relative_link_resolves(path):
+    broken = [t for t in relative_links(path) if not (path.parent / t.split("#")[0]).exists()]
+    assert not broken, f"{path.relative_to(README.parent)} links to missing files: {broken}"
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path):
+    page = tmp_path / "x.md"
+    page.write_text("[ok](x.md) [gone](missing.md#a) [web](https://example.org) [here](#top)\n", encoding="utf-8")
+    assert relative_links(page) == ["x.md", "missing.md#a"]
+
+
+def test_the_readme_stays_short():
+    n = len(README.read_text(encoding="utf-8").splitlines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move detail to docs/"
+
+
+def test_every_stage_page_is_linked_from_the_readme():
+    text = README.read_text(encoding="utf-8")
+    missing = [p.name for p in stage_pages() if f"docs/stages/{p.name}" not in text]
+    assert not missing, f"README.md does not link {missing}"
+    assert STAGE_DOCS.is_dir()
