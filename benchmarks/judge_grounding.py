@@ -61,7 +61,11 @@ def at_keep(pos: list[float], neg: list[float], keep: float = 0.95) -> dict:
     t = s[int((1 - keep) * len(s))]      # at most 5 % of true scores lie strictly below it
     kept_true = sum(x >= t for x in pos) / len(pos)
     flagged = sum(x < t for x in neg) / len(neg)
-    return {"threshold": round(t, 4), "true_kept": round(kept_true, 4), "swapped_flagged": round(flagged, 4)}
+    n = sorted(neg)
+    t90 = n[min(len(n) - 1, int(0.9 * len(n)))]     # the lowest threshold flagging >= 90 % of swapped Outputs
+    return {"threshold": round(t, 4), "true_kept": round(kept_true, 4), "swapped_flagged": round(flagged, 4),
+            "threshold_flag90": round(t90, 4),
+            "true_kept_at_flag90": round(sum(x >= t90 for x in pos) / len(pos), 4)}
 
 
 def rouge_l_precision(output: str, page: str) -> float:

@@ -78,7 +78,8 @@ class JudgeTemplate:
 
 
 def judge_template(backend: str) -> JudgeTemplate:
-    return JudgeTemplate(reply_prefix=LOCAL_REPLY_PREFIX) if backend == "local" else JudgeTemplate()
+    """The judge's prompt (its version is part of every verdict's cache key: a new prompt judges again)."""
+    return JudgeTemplate(JUDGE_SYSTEM, JUDGE_USER, LOCAL_REPLY_PREFIX if backend == "local" else "")
 
 
 @dataclass
