@@ -74,6 +74,7 @@ def judge_cost(result: GenerateResult) -> str:
     if not j or not j.get("enabled"):
         return "judge: off"
     price = "" if j["price_known"] else " (judge model not in the price table: $0 shown)"
+    tokens = result.run_prompt_tokens + result.run_completion_tokens + j["prompt_tokens"] + j["completion_tokens"]
     return "\n".join([
         f"{'':12}{'calls':>8}{'tokens in':>12}{'tokens out':>12}{'USD':>10}",
         f"{'generate':12}{result.calls:>8}{result.run_prompt_tokens:>12}{result.run_completion_tokens:>12}"
@@ -81,7 +82,7 @@ def judge_cost(result: GenerateResult) -> str:
         f"{'judge':12}{j['calls']:>8}{j['prompt_tokens']:>12}{j['completion_tokens']:>12}{j['cost_usd']:>10.4f}",
         f"whole dataset: generation ~${result.dataset_cost_usd:.4f}, judge ~${j['dataset_cost_usd']:.4f}{price}",
         f"per kept triple this run: {(result.calls + j['calls']) / max(1, result.triples_kept):.2f} calls, "
-        f"{(result.run_prompt_tokens + result.run_completion_tokens + j['prompt_tokens'] + j['completion_tokens']) / max(1, result.triples_kept):.0f} tokens",
+        f"{tokens / max(1, result.triples_kept):.0f} tokens",
     ])
 
 
