@@ -289,3 +289,21 @@ def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(dat
     assert "scores mean nothing" in res.summary()
     assert res.triples_kept >= 1 and not {"judge_unsupported", "judge_unclear", "unjudged"} & set(res.drops)
     assert again.calls == 0 and again.judge["calls"] == 0                 # verdicts (even malformed) cached
+
+
+def test_notebook_views_histograms_cost_and_an_escaped_table_of_drops(env):
+    from nbutils.generate import dropped_table, judge_cost, plot_scores
+
+    def markup(body):
+        return three_kinds(body).replace("UNSUPPORTED the authors", "UNSUPPORTED <script>alert(1)</script> the authors")
+
+    with verdict_server() as srv:
+        cfg = cfg_for(env, srv, prices={"llama-3.3-70b-versatile": (1.0, 2.0)})
+        srv.reply = markup
+        res = run(cfg)
+    figs = plot_scores(cfg, path_prefix=env / "plots" / "scores")
+    assert len(figs) == 4 and (env / "plots" / "scores_grounding.png").exists()
+    html = dropped_table(cfg, n=50).data
+    assert "&lt;script&gt;" in html and "<script>" not in html and html.count("judge_unsupported") == N_PAGES
+    cost = judge_cost(res)
+    assert f"{'judge':12}{N_PAGES:>8}" in cost and "per kept triple" in cost
