@@ -104,6 +104,9 @@ class GenerateConfig(StageConfig):
         for name in ("min_support", "min_clarity"):
             if not 0 <= getattr(self, name) <= 5:
                 raise ValueError(f"{name}={getattr(self, name)} must be 0 (off) or a score 1-5")
+        if self.judge and self.judge_backend_name == "openai" and not self.judge_model_name:
+            raise ValueError("judge_model is needed when the judge runs on backend 'openai' (the name the server "
+                             "serves); or judge=False")
         if not 0 <= self.min_grounding <= 1:
             raise ValueError(f"min_grounding={self.min_grounding} must be between 0 (off) and 1")
 

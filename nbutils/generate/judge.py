@@ -382,7 +382,12 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
     report["pages"] = len({(j.paper_id, j.page, j.chunk) for j in jobs})
     report["requests"] = len(jobs)
     cached = load_verdict_cache(cfg.judge_cache_path)
-    call_judge(cfg, jobs, cached, report)
+    try:
+        call_judge(cfg, jobs, cached, report)
+    except LLMError as e:      # a bad judge key or model: every judge call would fail the same way
+        raise LLMError(e.kind, f"the judge ({report['backend']}:{report['model']}) cannot run: {e}. Generation's "
+                               "replies are cached: fix the judge's settings (or judge=False) and rerun",
+                       e.status) from e
     apply_verdicts(jobs, load_verdict_cache(cfg.judge_cache_path), candidates, report)
     model = report["model"]
     report["cost_usd"], report["price_known"] = cost_usd(cfg.prices, model, report["prompt_tokens"],

@@ -307,3 +307,19 @@ def test_notebook_views_histograms_cost_and_an_escaped_table_of_drops(env):
     assert "&lt;script&gt;" in html and "<script>" not in html and html.count("judge_unsupported") == N_PAGES
     cost = judge_cost(res)
     assert f"{'judge':12}{N_PAGES:>8}" in cost and "per kept triple" in cost
+
+
+def test_a_judge_that_cannot_run_says_so_and_loses_no_generation(env, monkeypatch):
+    with pytest.raises(ValueError, match="judge_model is needed"):
+        GenerateConfig.from_params(profile="full", data_dir=str(env), judge_backend="openai")
+    from nbutils.llm import LLMError
+
+    with verdict_server(script=[]) as srv:
+        cfg = cfg_for(env, srv, judge_backend="openai", judge_model="m")   # no base_url for the judge's backend
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        with pytest.raises(LLMError, match=r"the judge \(openai:m\) cannot run: .*needs base_url"):
+            run(cfg)
+        n = srv.count(judge=False)
+        assert n == N_PAGES
+        res = run(cfg_for(env, srv))                 # fixed: generation comes from the cache
+        assert srv.count(judge=False) == n and res.judge["triples_judged"] == 3 * N_PAGES
