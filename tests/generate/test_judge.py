@@ -275,7 +275,7 @@ def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(dat
                  f"Output: Rank 16 on all linear layers, in paper {n}.")
         append_jsonl(cfg.cache_path, [{"key": job.key, "paper_id": job.paper_id, "page": job.page, "chunk": 0,
                                        "model": cfg.model_name, "prompt_version": cfg.template().version,
-                                       "params": cfg.gen_params(), "reply": reply, "finish_reason": "stop"}])
+                                       "params": cfg.request_params(), "reply": reply, "finish_reason": "stop"}])
     import torch
     threads = torch.get_num_threads()
     try:
