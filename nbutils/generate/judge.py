@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -225,6 +226,8 @@ class VerdictCheck:
 
     def __init__(self, inner, ids_by_messages: dict[str, list[int]]):
         self.inner, self.ids = inner, ids_by_messages
+        self.malformed_tokens = [0, 0]          # prompt, completion tokens of malformed replies (paid for too)
+        self._lock = threading.Lock()
         self.name, self.model = inner.name, inner.model
         self.supports_json_mode = inner.supports_json_mode
         self.batch_size = getattr(inner, "batch_size", 1)
@@ -233,6 +236,9 @@ class VerdictCheck:
         ids = self.ids.get(_messages_id(messages), [1])
         v = parse_verdicts(done.text, ids)
         if v.malformed and (done.text or "").strip():
+            with self._lock:
+                self.malformed_tokens[0] += done.prompt_tokens
+                self.malformed_tokens[1] += done.completion_tokens
             err = LLMError("malformed", f"judge reply is not a verdict object ({v.malformed})")
             err.reply = done   # type: ignore[attr-defined]  # kept: the last malformed reply is cached
             raise err
@@ -294,8 +300,6 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
         reply = getattr(err, "reply", None)
         if err.kind == "malformed" and reply is not None:     # still malformed after the retries: kept
             append_jsonl(cfg.judge_cache_path, [verdict_record(key, job, s, version, params, reply, str(err))])
-            report["prompt_tokens"] += reply.prompt_tokens         # paid for, though not a verdict
-            report["completion_tokens"] += reply.completion_tokens
             return
         report["failed"].append({"paper_id": job.paper_id, "page": job.page, "chunk": job.chunk,
                                  "ids": job.ids, "error": err.describe(), "attempts": err.attempts})
@@ -303,8 +307,9 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
     stats = send_pending(backend, s, {k: j.messages for k, j in pending.items()}, params, desc="judge",
                          unit="call", on_reply=on_reply, on_error=on_error)
     report["calls"] = stats.calls
-    report["prompt_tokens"] += stats.prompt_tokens
-    report["completion_tokens"] += stats.completion_tokens
+    # every reply is paid for: verdicts, and malformed ones (retried or kept) alike
+    report["prompt_tokens"] += stats.prompt_tokens + backend.malformed_tokens[0]
+    report["completion_tokens"] += stats.completion_tokens + backend.malformed_tokens[1]
     report["retried"] = dict(stats.retried.most_common())
     report["limiter_wait_s"] = round(stats.limiter_wait_s, 2)
 

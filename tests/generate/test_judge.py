@@ -216,6 +216,8 @@ def test_malformed_verdict_is_retried_then_kept_as_a_reason(env):
     with verdict_server(judge=flaky) as srv:
         res = run(cfg_for(env, srv, workers=1))
     assert res.judge["retried"] == {"malformed": N_PAGES} and res.judge["triples_judged"] == 3 * N_PAGES
+    good = sum(r["completion_tokens"] for r in read_jsonl(env / "cache" / "judge_verdicts.jsonl"))
+    assert res.judge["completion_tokens"] > good          # the malformed replies' tokens are counted too
     (env / "cache" / "judge_verdicts.jsonl").unlink()
 
     with verdict_server(judge=lambda body: '{"verdicts": "none"}') as srv:   # always malformed
