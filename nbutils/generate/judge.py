@@ -98,8 +98,8 @@ def judge_params(cfg: GenerateConfig) -> dict:
     return {"max_tokens": cfg.judge_max_tokens, "temperature": 0.0, "json_mode": cfg.judge_backend_name != "local"}
 
 
-def judge_key(model: str, version: str, params: dict, messages: Messages) -> str:
-    return sha256_text("judge", model, version, json.dumps(params, sort_keys=True),
+def judge_key(backend: str, model: str, version: str, params: dict, messages: Messages) -> str:
+    return sha256_text("judge", backend, model, version, json.dumps(params, sort_keys=True),
                        json.dumps(messages, sort_keys=True, ensure_ascii=False))
 
 
@@ -130,8 +130,8 @@ def make_judge_jobs(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: l
         for group in groups:
             shown = [(n + 1, candidates[i]) for n, i in enumerate(group)]
             msgs = tpl.messages(page, shown)
-            jobs.append(JudgeJob(judge_key(cfg.judge_model_name, tpl.version, params, msgs), *ident,
-                                 [n for n, _ in shown], group, msgs, cut))
+            key = judge_key(cfg.judge_backend_name, cfg.judge_model_name, tpl.version, params, msgs)
+            jobs.append(JudgeJob(key, *ident, [n for n, _ in shown], group, msgs, cut))
     return jobs
 
 
@@ -201,8 +201,10 @@ def parse_verdicts(text: str, ids: list[int]) -> Verdicts:
             continue
         support, clarity = _score(low.get("support")), _score(low.get("clarity"))
         if support is None or clarity is None:
-            out.problems["score_out_of_range"] += 1
-            out.by_id[vid] = {"invalid": "score_out_of_range"}
+            absent = low.get("support") is None or low.get("clarity") is None
+            reason = "missing_score" if absent else "score_out_of_range"
+            out.problems[reason] += 1
+            out.by_id[vid] = {"invalid": reason}
             continue
         out.by_id[vid] = {"support": support, "clarity": clarity, "claim": _text(low.get("unsupported_claim")),
                           "reason": _text(low.get("reason"))}
