@@ -63,16 +63,34 @@ def relative_links(path: Path) -> list[str]:
     return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
 
 
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for t in relative_links(path) + [f"{path.name}{a}" for a in re.findall(r"\]\((#[^)\s]+)\)", path.read_text())]:
+        file, _, anchor = t.partition("#")
+        target = path.parent / file
+        if not target.exists() or (anchor and target.suffix == ".md" and anchor not in anchors(target)):
+            broken.append(t)
+    return broken
+
+
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(README.parent)))
 def test_every_relative_link_resolves(path):
-    broken = [t for t in relative_links(path) if not (path.parent / t.split("#")[0]).exists()]
-    assert not broken, f"{path.relative_to(README.parent)} links to missing files: {broken}"
+    broken = broken_links(path)
+    assert not broken, f"{path.relative_to(README.parent)} links to missing files or headings: {broken}"
 
 
 def test_the_link_check_sees_a_broken_link(tmp_path):
     page = tmp_path / "x.md"
     page.write_text("[ok](x.md) [gone](missing.md#a) [web](https://example.org) [here](#top)\n", encoding="utf-8")
     assert relative_links(page) == ["x.md", "missing.md#a"]
+    page.write_text("# A heading, here\n[ok](#a-heading-here) [gone](#nowhere) [file](x.md#nowhere)\n", encoding="utf-8")
+    assert broken_links(page) == ["x.md#nowhere", "x.md#nowhere"]
 
 
 def test_the_readme_stays_short():
