@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 from ..io import append_jsonl, read_jsonl, sha256_text
 from ..llm import Completion, LLMError, Messages, redact
-from .calls import LLMSettings, build_backend, send_pending
+from .calls import LLMSettings, build_backend, send_pending, with_batch
 from .config import GenerateConfig
 from .jobs import PageJob
 
@@ -110,9 +110,9 @@ class Verdicts:
 def judge_settings(cfg: GenerateConfig) -> LLMSettings:
     backend = cfg.judge_backend_name
     tpl = judge_template(backend)
-    return LLMSettings(backend, cfg.judge_model_name, cfg.judge_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
-                       cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, 1.0, cfg.threads, tpl.reply_prefix,
-                       cfg.data_dir)
+    return with_batch(LLMSettings(backend, cfg.judge_model_name, cfg.judge_url, cfg.timeout_s, cfg.rpm, cfg.tpm,
+                                  cfg.workers, cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, 1.0, cfg.threads,
+                                  tpl.reply_prefix, cfg.data_dir), cfg)
 
 
 def judge_params(cfg: GenerateConfig) -> dict:
@@ -260,6 +260,8 @@ class VerdictCheck:
             raise err
         return done
 
+    check_reply = _check     # batch mode (llm/batch.py) checks each reply it reads back with it
+
     def complete(self, messages: Messages, **params) -> Completion:
         return self._check(messages, self.inner.complete(messages, **params))
 
@@ -329,6 +331,7 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
     report["completion_tokens"] += stats.completion_tokens
     report["retried"] = dict(stats.retried.most_common())
     report["limiter_wait_s"] = round(stats.limiter_wait_s, 2)
+    report["batch"] = stats.batch
 
 
 # ------------------------------------------------------------------------------------------- verdicts
@@ -409,6 +412,8 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
     model = report["model"]
     report["cost_usd"], report["price_known"] = cost_usd(cfg.prices, model, report["prompt_tokens"],
                                                          report["completion_tokens"])
+    if report.get("batch"):                # sent through the batch API: its price
+        report["cost_usd"] *= 1 - report["batch"]["discount"]
     report["dataset_cost_usd"], _ = cost_usd(cfg.prices, model, report["dataset_prompt_tokens"],
                                              report["dataset_completion_tokens"])
     all_pages = len({(t["paper_id"], t["page"], t["chunk"]) for t in candidates})

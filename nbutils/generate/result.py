@@ -28,6 +28,7 @@ class GenerateResult(StageResult):
     drops: dict = field(default_factory=dict)             # reason -> count (parser, judge, grounding, quality)
     grounding: dict = field(default_factory=dict)         # unit, min_grounding, scored, mean, below_min
     judge: dict = field(default_factory=dict)             # the judge's model, calls, tokens, cost, problems
+    batch: dict = field(default_factory=dict)             # batch mode: batches submitted/resumed, discount
     triples_per_page: float = 0.0
     papers: int = 0
     run_prompt_tokens: int = 0
@@ -63,6 +64,8 @@ class GenerateResult(StageResult):
             f"wall {self.wall_s:.1f} s, {self.requests_per_min:.1f} requests/min, "
             f"limiter waits {self.limiter_wait_s:.1f} s",
         ]
+        if self.batch:
+            lines.append(batch_line("generate", self.batch))
         if self.grounding:
             g = self.grounding
             lines.append(f"grounding ({g['unit']}, no LLM): mean {g['mean']} over {g['scored']} triples"
@@ -85,6 +88,15 @@ class GenerateResult(StageResult):
         return list(self.pages)
 
 
+def batch_line(what: str, b: dict) -> str:
+    """One line on how a stage's batch mode went."""
+    return (f"{what} batch API: {b['batches_submitted']} batches submitted, {b['batches_resumed']} resumed from "
+            f"cache/batches; {b['requests_submitted']} requests, {b['replies']} replies, {b['resubmitted']} "
+            f"resubmitted, {b['failed']} failed, {b['pending']} still pending; cost at "
+            f"{100 * (1 - b['discount']):.0f} % of list price"
+            + (f"; unreadable result lines {b['bad_result_lines']}" if b["bad_result_lines"] else ""))
+
+
 def judge_lines(j: dict) -> list[str]:
     """The judge's part of the summary: what judged, what it cost, what went wrong."""
     if not j.get("enabled"):
@@ -99,6 +111,8 @@ def judge_lines(j: dict) -> list[str]:
     if j["backend"] == "local":
         lines.append("judge: a 135M local model's scores mean nothing: this shows the judge path working end to "
                      "end, not the quality of the triples (use a large judge model to filter)")
+    if j.get("batch"):
+        lines.append(batch_line("judge", j["batch"]))
     if j.get("note"):
         lines.append(f"judge: {j['note']}")
     for f in j["failed"][:3]:

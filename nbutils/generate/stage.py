@@ -79,6 +79,8 @@ def run(cfg: GenerateConfig) -> GenerateResult:
     triples, dropped = filter_triples(cfg, candidates, result)
     result.run_cost_usd, result.price_known = cost_usd(cfg.prices, cfg.model_name, result.run_prompt_tokens,
                                                        result.run_completion_tokens)
+    if result.batch:                       # this run's requests went through the batch API: its price
+        result.run_cost_usd *= 1 - result.batch["discount"]
     result.dataset_cost_usd, _ = cost_usd(cfg.prices, cfg.model_name, result.dataset_prompt_tokens,
                                           result.dataset_completion_tokens)
     if triples:
