@@ -59,9 +59,10 @@ def with_batch(s: LLMSettings, cfg: GenerateConfig) -> LLMSettings:
 
 
 def generation_settings(cfg: GenerateConfig, template: PromptTemplate) -> LLMSettings:
-    return with_batch(LLMSettings(cfg.backend, cfg.model_name, cfg.base_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
-                       cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, cfg.repetition_penalty, cfg.threads,
-                       template.reply_prefix, cfg.data_dir), cfg)
+    s = LLMSettings(cfg.backend, cfg.model_name, cfg.base_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
+                    cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, cfg.repetition_penalty, cfg.threads,
+                    template.reply_prefix, cfg.data_dir)
+    return with_batch(s, cfg)
 
 
 def build_backend(s: LLMSettings, json_mode: bool):

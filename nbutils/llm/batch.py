@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..io import atomic_write_bytes, read_json, sha256_text, write_json
 from .base import RETRYABLE, Completion, LLMError, Messages
@@ -463,11 +464,12 @@ def _merge(api: BatchAPI, store: BatchStore, st: BatchState, todo: dict, attempt
             res.attempts = attempts[key] or 1
             out.prompt_tokens += res.prompt_tokens
             out.completion_tokens += res.completion_tokens
-            extra = on_reply(key, res) or {}
+            extra = on_reply(key, res)
             del todo[key]
             replies += 1
             bar.update(1)
-            bar.set_postfix(**{k: v for k, v in extra.items()}, refresh=False)
+            if isinstance(extra, dict) and extra:
+                bar.set_postfix(**extra, refresh=False)
             continue
         if res.kind in RESUBMIT and attempts[key] < bs.max_attempts:
             rep = getattr(res, "reply", None)   # a paid-for reply the check refused (the last one: the caller's)

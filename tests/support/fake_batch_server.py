@@ -10,7 +10,8 @@ of the fake chat server (fake_llm_server.py), so the real groq client and the Op
 A batch's end is planned per submission (`plans`, one dict each, in order; then `default_plan`):
 {"end": "completed"} every line answered by the chat fake's reply/judge functions; {"end": "expired", "answered":
 0.5} the first half answered, the rest in the error file with code batch_expired; {"end": "failed"} validation
-failed (no files); {"fail_lines": 2} the first 2 lines answered with status 500 in the error file;
+failed (no files); {"fail_lines": 2} the first 2 lines answered with status 500 in the error file (message
+`fail_message`);
 {"malformed_lines": 2} 2 garbage lines in the output file instead of the first 2 answers; {"drop_lines": 1} the
 first line in neither file; {"polls": n} in_progress checks before it ends; {"hold": True} never ends.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections import Counter
 
@@ -133,7 +133,8 @@ class FakeBatchServer(FakeLLMServer):
                 continue
             elif i < plan.get("fail_lines", 0):
                 err.append({"id": f"req_{i}", "custom_id": cid, "response": {
-                    "status_code": 500, "request_id": f"r{i}", "body": {"error": {"message": "internal error"}}},
+                    "status_code": 500, "request_id": f"r{i}",
+                    "body": {"error": {"message": plan.get("fail_message", "internal error")}}},
                     "error": None})
             elif i < plan.get("malformed_lines", 0):
                 out.append("{not json at all")
