@@ -14,6 +14,8 @@ failed (no files); {"fail_lines": 2} the first 2 lines answered with status 500 
 `fail_message`);
 {"malformed_lines": 2} 2 garbage lines in the output file instead of the first 2 answers; {"drop_lines": 1} the
 first line in neither file; {"polls": n} in_progress checks before it ends; {"hold": True} never ends.
+`create_delay_s`: the batch is created at once but its reply comes that much later (a client killed meanwhile
+never learns its id).
 
 It records every submission (`submissions`: batch id and custom_ids) so tests count duplicates, and every file
 it received (`uploads`) and every Authorization header value it saw (`auth_seen`).
@@ -46,8 +48,10 @@ def multipart_parts(body: bytes, content_type: str) -> dict[str, bytes]:
 
 
 class FakeBatchServer(FakeLLMServer):
-    def __init__(self, plans: list[dict] | None = None, default_plan: dict | None = None, **kw):
+    def __init__(self, plans: list[dict] | None = None, default_plan: dict | None = None,
+                 create_delay_s: float = 0.0, **kw):
         super().__init__(**kw)
+        self.create_delay_s = create_delay_s
         self.plans = list(plans or [])
         self.default_plan = default_plan or {"end": "completed"}
         self.files: dict[str, bytes] = {}
@@ -202,7 +206,10 @@ class FakeBatchServer(FakeLLMServer):
                     payload = json.loads(body or b"{}")
                 except ValueError:
                     return self._json(400, {"error": {"message": "body is not JSON"}})
-                return self._json(*server._create(payload))
+                status, obj = server._create(payload)
+                if server.create_delay_s:          # created, but the client hears of it only later (or never)
+                    time.sleep(server.create_delay_s)
+                return self._json(status, obj)
 
         return Handler
 
