@@ -256,14 +256,26 @@ def test_fake_server_sees_every_triple_of_a_page_in_one_request(env):
 # ------------------------------------------------------------------------------------------- demo
 @pytest.mark.slow
 def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(data_dir_with_model):
-    rng = random.Random(1)
-    rows = [{"paper_id": f"2405.{p:05d}v1", "page": 1, "chunk": 0,
-             "text": "Low-rank adaptation freezes the pretrained weights. " + " ".join(
-                 rng.choice(["rank", "adapter", "memory", "learning", "rate", "layers"]) for _ in range(60))}
-            for p in range(2)]
-    write_jsonl(data_dir_with_model / "pages.jsonl", rows)
-    cfg = GenerateConfig.from_params(profile="demo", data_dir=str(data_dir_with_model), max_tokens=24,
-                                     judge_max_tokens=16, batch_size=2, threads=1)
+    """The demo's judge path end to end on the real 135M model. Generation's replies are put in its cache
+    first (their keys computed by the stage's own make_jobs), so the test does not hang on whether the 135M
+    generator happens to write a parseable triple; the judge's calls are real."""
+    from nbutils.generate import make_jobs, select_pages
+    from nbutils.io import append_jsonl
+
+    text = ("Low-rank adaptation freezes the pretrained weights and learns two small matrices per layer. "
+            "With rank 16 on all linear layers it matched full fine-tuning while training 0.6 percent of the "
+            "parameters. Adapting only the attention queries and values lost three points of accuracy.")
+    write_jsonl(data_dir_with_model / "pages.jsonl", [{"paper_id": f"2405.{p:05d}v1", "page": 1, "chunk": 0,
+                                                       "text": f"Paper {p}. {text}"} for p in range(2)])
+    cfg = GenerateConfig.from_params(profile="demo", data_dir=str(data_dir_with_model), judge_max_tokens=24,
+                                     batch_size=2, threads=1)
+    pages, _ = select_pages(list(read_jsonl(cfg.pages_path)), cfg.max_pages, cfg.min_page_chars, cfg.window_chars)
+    for n, job in enumerate(make_jobs(pages, cfg, cfg.template())):
+        reply = (f"Triple 1:\nInstruction: What rank matched full fine-tuning in paper {n}?\nInput: \n"
+                 f"Output: Rank 16 on all linear layers, in paper {n}.")
+        append_jsonl(cfg.cache_path, [{"key": job.key, "paper_id": job.paper_id, "page": job.page, "chunk": 0,
+                                       "model": cfg.model_name, "prompt_version": cfg.template().version,
+                                       "params": cfg.gen_params(), "reply": reply, "finish_reason": "stop"}])
     import torch
     threads = torch.get_num_threads()
     try:
@@ -272,7 +284,8 @@ def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(dat
     finally:
         torch.set_num_threads(threads)
     j = res.judge
-    assert j["backend"] == "local" and j["requests"] >= 1 and j["calls"] + len(j["failed"]) >= 1
+    assert res.calls == 0 and j["backend"] == "local" and j["requests"] == 2 and j["calls"] == 2
+    assert j["triples_judged"] + sum(j["unjudged"].values()) == 2          # each either judged or said why
     assert "scores mean nothing" in res.summary()
-    assert not {"judge_unsupported", "judge_unclear"} & set(res.drops)
-    assert again.calls == 0 and again.judge["calls"] == 0
+    assert res.triples_kept >= 1 and not {"judge_unsupported", "judge_unclear", "unjudged"} & set(res.drops)
+    assert again.calls == 0 and again.judge["calls"] == 0                 # verdicts (even malformed) cached
