@@ -179,7 +179,7 @@ def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTe
             "backend": cfg.backend, "model": cfg.model_name, "prompt_version": template.version,
             "params": params, "reply": redact(res.text), "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-            "latency_s": round(res.latency_s, 3), "attempts": res.attempts,
+            "latency_s": round(res.latency_s, 3), "attempts": res.attempts, "batch_id": res.batch_id,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

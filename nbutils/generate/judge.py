@@ -293,7 +293,7 @@ def verdict_record(key: str, job: JudgeJob, s: LLMSettings, version: str, params
             "backend": s.backend, "model": s.model, "prompt_version": version, "params": params,
             "reply": redact(res.text), "malformed": malformed, "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-            "attempts": res.attempts, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "attempts": res.attempts, "batch_id": res.batch_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict], report: dict) -> None:
@@ -396,7 +396,7 @@ def new_report(cfg: GenerateConfig) -> dict:
 def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[dict]) -> dict:
     """Judge the candidates (all parsed triples, before the filters): build requests, send what is not
     cached, apply the verdicts. Returns the judge's report."""
-    from .result import cost_usd
+    from .result import batch_saving_usd, cost_usd
 
     report = new_report(cfg)
     for t in candidates:
@@ -408,7 +408,8 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
     report["requests"] = len(jobs)
     cached = load_verdict_cache(cfg.judge_cache_path)
     call_judge(cfg, jobs, cached, report)
-    apply_verdicts(jobs, load_verdict_cache(cfg.judge_cache_path), candidates, report)
+    verdicts = load_verdict_cache(cfg.judge_cache_path)
+    apply_verdicts(jobs, verdicts, candidates, report)
     model = report["model"]
     report["cost_usd"], report["price_known"] = cost_usd(cfg.prices, model, report["prompt_tokens"],
                                                          report["completion_tokens"])
@@ -416,6 +417,8 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
         report["cost_usd"] *= 1 - report["batch"]["discount"]
     report["dataset_cost_usd"], _ = cost_usd(cfg.prices, model, report["dataset_prompt_tokens"],
                                              report["dataset_completion_tokens"])
+    report["dataset_cost_usd"] -= batch_saving_usd(cfg.prices, model, {j.key: verdicts.get(j.key) for j in jobs}
+                                                   .values(), cfg.batch_discount)
     all_pages = len({(t["paper_id"], t["page"], t["chunk"]) for t in candidates})
     if report["pages"] < all_pages:
         report["note"] = (f"judge_max_pages={cfg.judge_max_pages}: only the first {report['pages']} pages' "

@@ -120,6 +120,14 @@ def judge_lines(j: dict) -> list[str]:
     return lines
 
 
+def batch_saving_usd(prices: dict, model: str, records, discount: float) -> float:
+    """What the cached replies that came from a provider batch (`batch_id` set) saved on the list price."""
+    recs = [r for r in records if r and r.get("batch_id")]
+    tok_in = sum(int(r.get("prompt_tokens") or 0) for r in recs)
+    tok_out = sum(int(r.get("completion_tokens") or 0) for r in recs)
+    return cost_usd(prices, model, tok_in, tok_out)[0] * discount
+
+
 def cost_usd(prices: dict, model: str, tok_in: int, tok_out: int) -> tuple[float, bool]:
     """Estimated USD for the tokens, and whether the model is in the price table."""
     price = prices.get(model)

@@ -461,7 +461,7 @@ def _merge(api: BatchAPI, store: BatchStore, st: BatchState, todo: dict, attempt
             except LLMError as e:
                 res = e
         if isinstance(res, Completion):
-            res.attempts = attempts[key] or 1
+            res.attempts, res.batch_id = attempts[key] or 1, st.batch_id
             out.prompt_tokens += res.prompt_tokens
             out.completion_tokens += res.completion_tokens
             extra = on_reply(key, res)

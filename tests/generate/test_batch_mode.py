@@ -76,6 +76,8 @@ def test_generation_and_judge_through_batches_same_cache_batch_price(env):
         j = res.judge
         assert j["cost_usd"] == pytest.approx((j["prompt_tokens"] + 2.0 * j["completion_tokens"]) / 1e6 / 2)
         assert "batch API" in res.summary() and "50 % of list price" in res.summary()
+        assert res.dataset_cost_usd == pytest.approx(res.run_cost_usd)          # every cached reply: batch price
+        assert j["dataset_cost_usd"] == pytest.approx(j["cost_usd"])
         # the synchronous path (and the judge) see the batch's replies: a rerun without batch makes no call
         again = run(cfg_for(env, srv, judge=True, batch=False))
         assert srv.count() == 0 and len(srv.submissions) == 2 and again.triples_kept == res.triples_kept
