@@ -34,6 +34,7 @@ RESUBMIT = RETRYABLE | {"expired", "missing", "batch_failed"}   # worth another 
 PENDING = "batch_pending"        # still running when batch_wait_s ran out: a rerun resumes waiting
 MAX_POLL_S = 600.0
 MAX_POLL_ERRORS = 20
+FILE_TIMEOUT_S = 300.0           # per batch API call (an upload or an output file can be large)
 
 
 # ------------------------------------------------------------------------------------------- the provider
@@ -52,7 +53,11 @@ class GroqBatchAPI(BatchAPI):
     """groq.Groq: files.create / batches.create / batches.retrieve / batches.list / files.content."""
 
     def __init__(self, backend):
-        self.client, self._g = backend.client, backend._groq
+        g = self._g = backend._groq
+        # its own client: the chat client's per-request deadline (and any reply-size cap) would cut a large
+        # upload or output file; the SDK retries reads and uploads itself, never create
+        self.client = g.Groq(api_key=backend.client.api_key, base_url=str(backend.client.base_url),
+                             timeout=FILE_TIMEOUT_S, max_retries=2)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         g = self._g
@@ -78,7 +83,8 @@ class GroqBatchAPI(BatchAPI):
         return out.id
 
     def create(self, file_id: str, window: str, metadata: dict) -> dict:
-        return self._dict(self._call(lambda: self.client.batches.create(
+        once = self.client.with_options(max_retries=0)    # a retried create could submit the batch twice
+        return self._dict(self._call(lambda: once.batches.create(
             input_file_id=file_id, endpoint=ENDPOINT, completion_window=window, metadata=metadata)))
 
     def retrieve(self, batch_id: str) -> dict:
@@ -97,7 +103,10 @@ class OpenAIBatchAPI(BatchAPI):
     /batches, GET /batches/{id}, GET /batches, GET /files/{id}/content."""
 
     def __init__(self, backend):
-        self.client, self.base, self._hx = backend.client, backend.base_url, backend._httpx
+        hx = self._hx = backend._httpx
+        self.base = backend.base_url
+        auth = {k: v for k, v in backend.client.headers.items() if k.lower() == "authorization"}
+        self.client = hx.Client(timeout=FILE_TIMEOUT_S, headers=auth)   # no chat deadline on large files
 
     def _req(self, method: str, path: str, **kw) -> Any:
         hx = self._hx
