@@ -69,17 +69,21 @@ def states(data_dir: Path) -> list[dict]:
     return [read_json(f) for f in (data_dir / "cache" / "batches").glob("generate-*.json")]
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 120) -> float:
+def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> float:
+    """SIGKILL `proc` once `ready()`; -1 when it finished first."""
     t0 = time.monotonic()
-    while not ready():
-        if proc.poll() is not None:
-            return -1.0                          # it finished before the moment came
-        if time.monotonic() - t0 > timeout_s:
-            raise TimeoutError("the kill moment never came")
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return time.monotonic() - t0
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                return -1.0
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError("the kill moment never came")
+            time.sleep(0.01)
+        return time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 def trial(kind: str, n_pages: int, seed: int, full_s: float) -> dict:
@@ -102,7 +106,11 @@ def trial(kind: str, n_pages: int, seed: int, full_s: float) -> dict:
             if kind == "no-state":
                 shutil.rmtree(tmp / "cache" / "batches")
             rerun = child(params(tmp, srv))
-            rerun.wait(timeout=300)
+            try:
+                rerun.wait(timeout=300)
+            finally:
+                if rerun.poll() is None:
+                    rerun.kill()
             if rerun.returncode != 0:
                 raise RuntimeError(rerun.stderr.read().decode()[-3000:])
             report = read_json(tmp / "generate_report.json")

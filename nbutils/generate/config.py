@@ -72,7 +72,8 @@ class GenerateConfig(StageConfig):
     batch_wait_s: float = option(0.0, "stop waiting for batches after this many seconds (their pages are recorded "
                                       "as pending, a rerun resumes the same batches); 0 = wait until they end")
     batch_discount: float = option(0.5, "share off the list price for batch requests, used for the report's cost "
-                                        "(OpenAI and Groq document 50 %)")
+                                        "(OpenAI documents 50 %; Groq's docs said 25 %, later 50 %: set your "
+                                        "provider's current figure)")
     min_instruction_chars: int = option(10, "shorter instructions are dropped")
     min_output_chars: int = option(3, "shorter outputs are dropped")
     max_field_chars: int = option(4000, "longer fields are dropped")

@@ -351,9 +351,7 @@ def _resume(api: BatchAPI, store: BatchStore, todo: dict, out: BatchOutcome) -> 
         if st.done:
             continue
         if not any(k in todo for k in st.keys):
-            st.status = "merged"           # everything it asked for is cached already
-            store.save(st)
-            continue
+            continue                       # asks for nothing wanted now (cached, or another config's): left as is
         if not st.batch_id and st.file_id:  # killed between create and save: ask the provider by name
             found = api.find(st.name)
             if found:
