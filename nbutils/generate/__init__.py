@@ -11,11 +11,19 @@ the dropped triples' table).
 """
 from .build import trim_unfinished
 from .config import DEFAULT_PRICES, GenerateConfig
-from .jobs import load_cache, make_jobs, select_pages
 from .grounding import Grounder, grounding_score
+from .jobs import load_cache, make_jobs, select_pages
 from .judge import parse_verdicts, run_judge
-from .plots import (dropped_table, judge_cost, load_dropped, load_triples, plot_drop_reasons, plot_field_lengths,
-                    plot_scores, show_examples)
+from .plots import (
+                    dropped_table,
+                    judge_cost,
+                    load_dropped,
+                    load_triples,
+                    plot_drop_reasons,
+                    plot_field_lengths,
+                    plot_scores,
+                    show_examples,
+)
 from .prompts import BUILTIN_PROMPTS, ORIGINAL_PROMPT, PromptTemplate, load_prompt
 from .result import GenerateResult
 from .stage import run

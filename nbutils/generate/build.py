@@ -98,7 +98,8 @@ def score_reason(cfg: GenerateConfig, t: dict) -> str | None:
     return None
 
 
-def filter_triples(cfg: GenerateConfig, candidates: list[dict], result: GenerateResult) -> tuple[list[dict], list[dict]]:
+def filter_triples(cfg: GenerateConfig, candidates: list[dict],
+                   result: GenerateResult) -> tuple[list[dict], list[dict]]:
     """The kept triples and the dropped ones (each with its `drop_reason`): the score filters (judge,
     grounding) first, then the quality filters (lengths, duplicates), so a triple dropped on its scores is
     never the "original" that a later near-duplicate is dropped against. Fills drops and per-page counts."""

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from ..io import append_jsonl
-from ..llm import (PROVIDER_LIMITS, WAIT_TOO_LONG, Completion, LLMError, Messages, RateLimiter, RetryPolicy,
-                   iter_completions, make_backend, redact)
+from ..llm import (
+    PROVIDER_LIMITS,
+    WAIT_TOO_LONG,
+    Completion,
+    LLMError,
+    Messages,
+    RateLimiter,
+    RetryPolicy,
+    iter_completions,
+    make_backend,
+    redact,
+)
 from ..llm.batch import BATCH_BACKENDS, BatchSettings, batch_api, send_batched
 from .build import parse_reply_text
 from .config import GenerateConfig
@@ -180,7 +190,7 @@ def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTe
             "params": params, "reply": redact(res.text), "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
             "latency_s": round(res.latency_s, 3), "attempts": res.attempts, "batch_id": res.batch_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dict], result: GenerateResult,

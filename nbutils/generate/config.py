@@ -119,6 +119,9 @@ class GenerateConfig(StageConfig):
             raise ValueError("batch=True needs backend groq or openai (the providers' batch APIs), not local")
         if not 0 <= self.batch_discount < 1:
             raise ValueError(f"batch_discount={self.batch_discount} must be a share of the price, 0 to <1")
+        if self.judge and self.judge_backend_name == "openai" and not self.judge_model_name:
+            raise ValueError("judge_model is needed when the judge runs on backend 'openai' (the name the server "
+                             "serves); or judge=False")
         if not 0 <= self.min_grounding <= 1:
             raise ValueError(f"min_grounding={self.min_grounding} must be between 0 (off) and 1")
 

@@ -38,7 +38,7 @@ _TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[^\W\d_]+", re.UNICODE)
 
 @lru_cache(maxsize=1)
 def _stemmer():
-    from nltk.stem.porter import PorterStemmer   # nltk comes with rouge_score (already a dependency)
+    from nltk.stem.porter import PorterStemmer  # nltk comes with rouge_score (already a dependency)
 
     return PorterStemmer()
 

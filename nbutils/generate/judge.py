@@ -22,37 +22,15 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..io import append_jsonl, read_jsonl, sha256_text
 from ..llm import Completion, LLMError, Messages, redact
 from .calls import LLMSettings, build_backend, send_pending, with_batch
 from .config import GenerateConfig
 from .jobs import PageJob
-
-
-JUDGE_SYSTEM = ("You check instruction-tuning data made from a page of a research paper. You are strict and "
-                "brief, and you reply with JSON only.")
-
-JUDGE_USER = """Page of a research paper:
-<<<
-{page}
->>>
-
-Triples (instruction, input, output) written from this page:
-{triples}
-
-For each triple give:
-- "support" (1-5): is everything the output states supported by the page? 5 = fully supported; 4 = supported with a minor gap; 3 = partly supported; 2 = mostly not in the page; 1 = contradicted by the page or unrelated to it.
-- "unsupported_claim": when support < 5, the main claim of the output that the page does not support, quoted from the output; else "".
-- "clarity" (1-5): is the instruction clear, self-contained (understandable without seeing the page, unless the input supplies the context) and answerable from the input and the page? 5 = yes; 1 = vague, or it points to something the reader cannot see.
-- "reason": one short sentence.
-
-Reply with JSON only, one verdict per triple id, in this shape:
-{"verdicts": [{"id": 1, "support": 5, "unsupported_claim": "", "clarity": 5, "reason": "..."}]}"""
-
-# A 135M local model cannot be asked for JSON: its reply is started for it (its scores mean nothing anyway).
-LOCAL_REPLY_PREFIX = '{"verdicts": [{"id": 1, "support":'
+from .prompts import JUDGE_LOCAL_REPLY_PREFIX as LOCAL_REPLY_PREFIX
+from .prompts import JUDGE_SYSTEM, JUDGE_USER
 
 _REFUSAL = re.compile(r"\b(i(?:'m| am) (?:sorry|unable|not able)|i can(?:not|'t) (?:help|assist|evaluate|judge|"
                       r"comply|provide)|as an ai\b|i apologi[sz]e|i won't)", re.IGNORECASE)
@@ -293,7 +271,8 @@ def verdict_record(key: str, job: JudgeJob, s: LLMSettings, version: str, params
             "backend": s.backend, "model": s.model, "prompt_version": version, "params": params,
             "reply": redact(res.text), "malformed": malformed, "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-            "attempts": res.attempts, "batch_id": res.batch_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "attempts": res.attempts, "batch_id": res.batch_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict], report: dict) -> None:
@@ -407,7 +386,12 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
     report["pages"] = len({(j.paper_id, j.page, j.chunk) for j in jobs})
     report["requests"] = len(jobs)
     cached = load_verdict_cache(cfg.judge_cache_path)
-    call_judge(cfg, jobs, cached, report)
+    try:
+        call_judge(cfg, jobs, cached, report)
+    except LLMError as e:      # a bad judge key or model: every judge call would fail the same way
+        raise LLMError(e.kind, f"the judge ({report['backend']}:{report['model']}) cannot run: {e}. Generation's "
+                               "replies are cached: fix the judge's settings (or judge=False) and rerun",
+                       e.status) from e
     verdicts = load_verdict_cache(cfg.judge_cache_path)
     apply_verdicts(jobs, verdicts, candidates, report)
     model = report["model"]

@@ -65,7 +65,27 @@ def plot_scores(cfg: GenerateConfig, path_prefix: str | Path | None = None) -> l
         if vals:
             figs.append(histogram(vals, f"judge: {what} ({len(vals)} triples judged)", "score (1-5)", bins=5,
                                   path=f"{path_prefix}_{key}.png" if path_prefix else None))
+    both = [(r["grounding"], r["judge_support"]) for r in rows
+            if r.get("grounding") is not None and r.get("judge_support") is not None]
+    if both:
+        figs.append(grounding_vs_support(both, f"{path_prefix}_grounding_vs_support.png" if path_prefix else None))
     return figs
+
+
+def grounding_vs_support(points: list[tuple[float, int]], path: str | Path | None = None):
+    """The free score beside the judge's: each judged triple's grounding (x) and support (y, jittered)."""
+    from ..plots import plt, save
+
+    rng = random.Random(0)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter([g for g, _ in points], [s + rng.uniform(-0.15, 0.15) for _, s in points], s=10, alpha=0.5,
+               color="#4C72B0")
+    ax.set_xlabel("grounding score (no LLM)")
+    ax.set_ylabel("judge: support (1-5)")
+    ax.set_yticks([1, 2, 3, 4, 5])
+    ax.set_title(f"grounding beside the judge ({len(points)} triples)")
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def judge_cost(result: GenerateResult) -> str:
@@ -74,6 +94,7 @@ def judge_cost(result: GenerateResult) -> str:
     if not j or not j.get("enabled"):
         return "judge: off"
     price = "" if j["price_known"] else " (judge model not in the price table: $0 shown)"
+    tokens = result.run_prompt_tokens + result.run_completion_tokens + j["prompt_tokens"] + j["completion_tokens"]
     return "\n".join([
         f"{'':12}{'calls':>8}{'tokens in':>12}{'tokens out':>12}{'USD':>10}",
         f"{'generate':12}{result.calls:>8}{result.run_prompt_tokens:>12}{result.run_completion_tokens:>12}"
@@ -81,7 +102,7 @@ def judge_cost(result: GenerateResult) -> str:
         f"{'judge':12}{j['calls']:>8}{j['prompt_tokens']:>12}{j['completion_tokens']:>12}{j['cost_usd']:>10.4f}",
         f"whole dataset: generation ~${result.dataset_cost_usd:.4f}, judge ~${j['dataset_cost_usd']:.4f}{price}",
         f"per kept triple this run: {(result.calls + j['calls']) / max(1, result.triples_kept):.2f} calls, "
-        f"{(result.run_prompt_tokens + result.run_completion_tokens + j['prompt_tokens'] + j['completion_tokens']) / max(1, result.triples_kept):.0f} tokens",
+        f"{tokens / max(1, result.triples_kept):.0f} tokens",
     ])
 
 

@@ -289,3 +289,37 @@ def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(dat
     assert "scores mean nothing" in res.summary()
     assert res.triples_kept >= 1 and not {"judge_unsupported", "judge_unclear", "unjudged"} & set(res.drops)
     assert again.calls == 0 and again.judge["calls"] == 0                 # verdicts (even malformed) cached
+
+
+def test_notebook_views_histograms_cost_and_an_escaped_table_of_drops(env):
+    from nbutils.generate import dropped_table, judge_cost, plot_scores
+
+    def markup(body):
+        return three_kinds(body).replace("UNSUPPORTED the authors", "UNSUPPORTED <script>alert(1)</script> the authors")
+
+    with verdict_server() as srv:
+        cfg = cfg_for(env, srv, prices={"llama-3.3-70b-versatile": (1.0, 2.0)})
+        srv.reply = markup
+        res = run(cfg)
+    figs = plot_scores(cfg, path_prefix=env / "plots" / "scores")
+    assert len(figs) == 4 and (env / "plots" / "scores_grounding.png").exists()
+    html = dropped_table(cfg, n=50).data
+    assert "&lt;script&gt;" in html and "<script>" not in html and html.count("judge_unsupported") == N_PAGES
+    cost = judge_cost(res)
+    assert f"{'judge':12}{N_PAGES:>8}" in cost and "per kept triple" in cost
+
+
+def test_a_judge_that_cannot_run_says_so_and_loses_no_generation(env, monkeypatch):
+    with pytest.raises(ValueError, match="judge_model is needed"):
+        GenerateConfig.from_params(profile="full", data_dir=str(env), judge_backend="openai")
+    from nbutils.llm import LLMError
+
+    with verdict_server(script=[]) as srv:
+        cfg = cfg_for(env, srv, judge_backend="openai", judge_model="m")   # no base_url for the judge's backend
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        with pytest.raises(LLMError, match=r"the judge \(openai:m\) cannot run: .*needs base_url"):
+            run(cfg)
+        n = srv.count(judge=False)
+        assert n == N_PAGES
+        res = run(cfg_for(env, srv))                 # fixed: generation comes from the cache
+        assert srv.count(judge=False) == n and res.judge["triples_judged"] == 3 * N_PAGES
