@@ -446,10 +446,19 @@ def _merge(api: BatchAPI, store: BatchStore, st: BatchState, todo: dict, attempt
     results: dict[str, Completion | LLMError] = {}
     bad: Counter = Counter()
     for fid in (st.error_file_id, st.output_file_id):   # the output file's line wins
-        if fid:
-            got, b = parse_results(api.content(fid), st.model)
-            results.update(got)
-            bad.update(b)
+        if not fid:
+            continue
+        try:
+            text = api.content(fid)
+        except LLMError as e:
+            if e.kind != "not_found":   # a passing fault: the run stops, the state stays, a rerun reads it again
+                raise
+            print(f"batch {st.batch_id}: its file {fid} is gone ({e}): its requests are submitted again")
+            bad["result_file_gone"] += 1
+            continue
+        got, b = parse_results(text, st.model)
+        results.update(got)
+        bad.update(b)
     why_missing = {"expired": ("expired", "not run before the batch expired"),
                    "failed": ("batch_failed", "the batch failed validation"),
                    "cancelled": ("batch_failed", "the batch was cancelled"),

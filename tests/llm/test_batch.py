@@ -63,3 +63,25 @@ def test_a_batch_the_provider_forgot_is_submitted_again(tmp_path, monkeypatch):
                            on_reply=lambda k, r: got.setdefault(k, r), on_error=lambda k, e: None)
         assert list(got) == ["k1"] and out.resumed == 1 and out.submitted == 1 and out.resubmitted == 1
     assert [s.status for s in store.load()] == ["lost", "merged"]
+
+
+def test_an_output_file_gone_resubmits_its_requests(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_x")
+    with FakeBatchServer() as srv:
+        api = batch_api(make_backend("groq", "m", srv.url))
+        real_content = api.content
+        gone = []
+
+        def content(fid):
+            if not gone:                     # the first output file was deleted by the provider
+                gone.append(fid)
+                srv.files.pop(fid)
+            return real_content(fid)
+
+        api.content = content
+        got = {}
+        out = send_batched(api, BatchSettings(str(tmp_path), poll_s=0.01), "generate", "groq", "m",
+                           {"k1": [{"role": "user", "content": "Text: a b c"}]},
+                           {"max_tokens": 5, "temperature": 0.0, "json_mode": False},
+                           on_reply=lambda k, r: got.update({k: r}), on_error=lambda k, e: None)
+        assert list(got) == ["k1"] and out.submitted == 2 and out.bad_lines == {"result_file_gone": 1}
