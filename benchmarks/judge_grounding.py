@@ -29,14 +29,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
+from nbutils.generate.grounding import Grounder
 
-from nbutils.generate.grounding import Grounder  # noqa: E402
+from .common import REPO
 
-PAPERQA = Path(os.environ.get("PAPERQA_DIR", ROOT.parent / "shared" / "datasets" / "paperqa"))
-if not PAPERQA.exists():
-    PAPERQA = Path("/work/shared/datasets/paperqa")
+# the paperqa data set: $PAPERQA_DIR, else shared/datasets/paperqa beside the repository (or a folder above it)
+PAPERQA = Path(os.environ.get("PAPERQA_DIR") or next(
+    (p / "shared" / "datasets" / "paperqa" for p in REPO.parents if (p / "shared" / "datasets" / "paperqa").exists()),
+    REPO.parent / "shared" / "datasets" / "paperqa"))
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -160,9 +160,18 @@ def grounding_main(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- judge cost
-def judge_cost_main(args) -> dict:
-    from fake_llm_server import FakeLLMServer
+def fake_llm_server():
+    """The tests' fake Groq-compatible server (test code: it lives under tests/)."""
+    try:
+        from tests.support.fake_llm_server import FakeLLMServer
+    except ImportError:   # tests/ not a package yet: its folder on the path
+        sys.path.append(str(REPO / "tests"))
+        from fake_llm_server import FakeLLMServer
+    return FakeLLMServer
 
+
+def judge_cost_main(args) -> dict:
+    FakeLLMServer = fake_llm_server()  # noqa: N806
     from nbutils.generate import GenerateConfig, run
     from nbutils.io import write_jsonl
 

@@ -204,7 +204,7 @@ def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dic
     if not pending:
         return
     settings = generation_settings(cfg, template)
-    params = cfg.gen_params()
+    params = cfg.request_params()
     backend = build_backend(settings, params["json_mode"])
 
     def on_reply(key: str, res: Completion) -> dict:

@@ -36,6 +36,8 @@ class GenerateConfig(StageConfig):
                  # judged (speed), and nothing dropped on its scores (the demo keeps its data)
                  "judge_max_pages": 6, "judge_max_tokens": 48, "judge_max_input_chars": 700, "min_support": 0,
                  "min_clarity": 0},
+        # the original prompt (full's too), one request after another, and no judge (the original had none)
+        "original": {"workers": 1, "judge": False},
     }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pages_path": "pages", "triples_path": "triples",
                                              "instruction_json_path": "instruction_json", "dataset_dir": "dataset",
@@ -170,5 +172,6 @@ class GenerateConfig(StageConfig):
     def use_json_mode(self) -> bool:
         return self.template().json_mode if self.json_mode is None else bool(self.json_mode)
 
-    def gen_params(self) -> dict:
+    def request_params(self) -> dict:
+        """The keyword arguments of every LLM request (part of each page's cache key)."""
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "json_mode": self.use_json_mode()}

@@ -9,7 +9,11 @@ import pytest
 
 from nbutils.generate import GenerateConfig, run
 from nbutils.io import read_json, read_jsonl, write_jsonl
-from tests.support.fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
+
+try:                                   # tests/support/ (issue 24's layout)
+    from tests.support.fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
+except ImportError:                    # tests/ not a package yet: conftest's folder is on the path
+    from fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
 
 N_PAPERS, PAGES = 3, 2
 N_PAGES = N_PAPERS * PAGES
@@ -275,7 +279,7 @@ def test_demo_judges_with_the_embedded_model_and_drops_nothing_on_its_scores(dat
                  f"Output: Rank 16 on all linear layers, in paper {n}.")
         append_jsonl(cfg.cache_path, [{"key": job.key, "paper_id": job.paper_id, "page": job.page, "chunk": 0,
                                        "model": cfg.model_name, "prompt_version": cfg.template().version,
-                                       "params": cfg.gen_params(), "reply": reply, "finish_reason": "stop"}])
+                                       "params": cfg.request_params(), "reply": reply, "finish_reason": "stop"}])
     import torch
     threads = torch.get_num_threads()
     try:
