@@ -2,7 +2,7 @@
 server (tests/support/fake_batch_server.py, driven by the real groq client), the process killed (SIGKILL, as a
 dying kernel) in the middle, then run again: how many requests were submitted twice, how many pages were lost.
 
-    python -m benchmarks.batch_resume [--pages 200] [--trials 12] [--seed 0]
+    python -m benchmarks.batch_resume [--pages 200] [--trials 12] [--seed 0] [--json out.json]
 
 Trials, each with a fresh data_dir and server:
 - `waiting`: killed while the generation batch runs (its id saved);
@@ -31,11 +31,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+from nbutils.io import read_json, read_jsonl, write_jsonl
+from tests.support.fake_batch_server import FakeBatchServer
 
-from nbutils.io import read_json, read_jsonl, write_jsonl  # noqa: E402
-from tests.support.fake_batch_server import FakeBatchServer  # noqa: E402
+from .common import REPO as ROOT
 
 KEY = "gsk_bench_not_a_real_key"
 CHILD = """
@@ -143,12 +142,13 @@ def full_run_s(n_pages: int, seed: int) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=200)
     ap.add_argument("--trials", type=int, default=12, help="random-moment kills")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    ap.add_argument("--json", help="also write the rows here")
+    a = ap.parse_args(argv)
     full_s = full_run_s(a.pages, a.seed)
     print(f"uninterrupted run: {full_s:.1f} s for {a.pages} pages (generation + judge batches)")
     rows = [trial("waiting", a.pages, a.seed, full_s), trial("create", a.pages, a.seed, full_s)]
@@ -162,6 +162,10 @@ def main() -> None:
     print(f"with state files: {len(safe)} killed runs, duplicates {sum(r['duplicates'] for r in safe)}, lost pages "
           f"{sum(r['lost_pages'] for r in safe)}, lost judge requests {sum(r['lost_judge'] for r in safe)}")
     print(json.dumps(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"pages": a.pages, "uninterrupted_run_s": round(full_s, 1), "rows": rows},
+                                           indent=1) + "\n")
+    return rows
 
 
 if __name__ == "__main__":
