@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,8 +98,8 @@ def judge_params(cfg: GenerateConfig) -> dict:
     return {"max_tokens": cfg.judge_max_tokens, "temperature": 0.0, "json_mode": cfg.judge_backend_name != "local"}
 
 
-def judge_key(model: str, version: str, params: dict, messages: Messages) -> str:
-    return sha256_text("judge", model, version, json.dumps(params, sort_keys=True),
+def judge_key(backend: str, model: str, version: str, params: dict, messages: Messages) -> str:
+    return sha256_text("judge", backend, model, version, json.dumps(params, sort_keys=True),
                        json.dumps(messages, sort_keys=True, ensure_ascii=False))
 
 
@@ -129,8 +130,8 @@ def make_judge_jobs(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: l
         for group in groups:
             shown = [(n + 1, candidates[i]) for n, i in enumerate(group)]
             msgs = tpl.messages(page, shown)
-            jobs.append(JudgeJob(judge_key(cfg.judge_model_name, tpl.version, params, msgs), *ident,
-                                 [n for n, _ in shown], group, msgs, cut))
+            key = judge_key(cfg.judge_backend_name, cfg.judge_model_name, tpl.version, params, msgs)
+            jobs.append(JudgeJob(key, *ident, [n for n, _ in shown], group, msgs, cut))
     return jobs
 
 
@@ -200,8 +201,10 @@ def parse_verdicts(text: str, ids: list[int]) -> Verdicts:
             continue
         support, clarity = _score(low.get("support")), _score(low.get("clarity"))
         if support is None or clarity is None:
-            out.problems["score_out_of_range"] += 1
-            out.by_id[vid] = {"invalid": "score_out_of_range"}
+            absent = low.get("support") is None or low.get("clarity") is None
+            reason = "missing_score" if absent else "score_out_of_range"
+            out.problems[reason] += 1
+            out.by_id[vid] = {"invalid": reason}
             continue
         out.by_id[vid] = {"support": support, "clarity": clarity, "claim": _text(low.get("unsupported_claim")),
                           "reason": _text(low.get("reason"))}
@@ -225,6 +228,8 @@ class VerdictCheck:
 
     def __init__(self, inner, ids_by_messages: dict[str, list[int]]):
         self.inner, self.ids = inner, ids_by_messages
+        self.malformed_tokens = [0, 0]          # prompt, completion tokens of malformed replies (paid for too)
+        self._lock = threading.Lock()
         self.name, self.model = inner.name, inner.model
         self.supports_json_mode = inner.supports_json_mode
         self.batch_size = getattr(inner, "batch_size", 1)
@@ -233,6 +238,9 @@ class VerdictCheck:
         ids = self.ids.get(_messages_id(messages), [1])
         v = parse_verdicts(done.text, ids)
         if v.malformed and (done.text or "").strip():
+            with self._lock:
+                self.malformed_tokens[0] += done.prompt_tokens
+                self.malformed_tokens[1] += done.completion_tokens
             err = LLMError("malformed", f"judge reply is not a verdict object ({v.malformed})")
             err.reply = done   # type: ignore[attr-defined]  # kept: the last malformed reply is cached
             raise err
@@ -297,8 +305,6 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
         reply = getattr(err, "reply", None)
         if err.kind == "malformed" and reply is not None:     # still malformed after the retries: kept
             append_jsonl(cfg.judge_cache_path, [verdict_record(key, job, s, version, params, reply, str(err))])
-            report["prompt_tokens"] += reply.prompt_tokens         # paid for, though not a verdict
-            report["completion_tokens"] += reply.completion_tokens
             return
         report["failed"].append({"paper_id": job.paper_id, "page": job.page, "chunk": job.chunk,
                                  "ids": job.ids, "error": err.describe(), "attempts": err.attempts})
@@ -306,8 +312,9 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
     stats = send_pending(backend, s, {k: j.messages for k, j in pending.items()}, params, desc="judge",
                          unit="call", on_reply=on_reply, on_error=on_error)
     report["calls"] = stats.calls
-    report["prompt_tokens"] += stats.prompt_tokens
-    report["completion_tokens"] += stats.completion_tokens
+    # every reply is paid for: verdicts, and malformed ones (retried or kept) alike
+    report["prompt_tokens"] += stats.prompt_tokens + backend.malformed_tokens[0]
+    report["completion_tokens"] += stats.completion_tokens + backend.malformed_tokens[1]
     report["retried"] = dict(stats.retried.most_common())
     report["limiter_wait_s"] = round(stats.limiter_wait_s, 2)
     report["batch"] = stats.batch

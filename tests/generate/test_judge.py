@@ -216,6 +216,8 @@ def test_malformed_verdict_is_retried_then_kept_as_a_reason(env):
     with verdict_server(judge=flaky) as srv:
         res = run(cfg_for(env, srv, workers=1))
     assert res.judge["retried"] == {"malformed": N_PAGES} and res.judge["triples_judged"] == 3 * N_PAGES
+    good = sum(r["completion_tokens"] for r in read_jsonl(env / "cache" / "judge_verdicts.jsonl"))
+    assert res.judge["completion_tokens"] > good          # the malformed replies' tokens are counted too
     (env / "cache" / "judge_verdicts.jsonl").unlink()
 
     with verdict_server(judge=lambda body: '{"verdicts": "none"}') as srv:   # always malformed
@@ -327,3 +329,19 @@ def test_a_judge_that_cannot_run_says_so_and_loses_no_generation(env, monkeypatc
         assert n == N_PAGES
         res = run(cfg_for(env, srv))                 # fixed: generation comes from the cache
         assert srv.count(judge=False) == n and res.judge["triples_judged"] == 3 * N_PAGES
+
+
+def test_parse_verdicts_names_each_problem():
+    from nbutils.generate import parse_verdicts
+
+    v = parse_verdicts('```json\n{"verdicts": [{"id": "1", "support": "4", "clarity": 5.0}, {"id": 2, "support": 3},'
+                       ' {"id": 2, "support": 5, "clarity": 5}, {"id": 7, "support": 5, "clarity": 5}, "x",'
+                       ' {"id": 3, "support": true, "clarity": 5}]}\n```', [1, 2, 3])
+    assert v.by_id[1]["support"] == 4 and v.by_id[1]["clarity"] == 5
+    assert v.by_id[2] == {"invalid": "missing_score"} and v.by_id[3] == {"invalid": "score_out_of_range"}
+    assert v.problems == {"missing_score": 1, "duplicate_verdict": 1, "verdict_for_unknown_triple": 1,
+                          "verdict_not_an_object": 1, "score_out_of_range": 1}
+    assert parse_verdicts("I cannot help with that.", [1]).refused
+    assert parse_verdicts("{not json", [1]).malformed and parse_verdicts('{"a": 1}', [1]).malformed
+    one = parse_verdicts('{"support": 2, "clarity": 4, "unsupported_claim": "x", "reason": "' + "r" * 500 + '"}', [1])
+    assert one.by_id[1]["claim"] == "x" and len(one.by_id[1]["reason"]) <= 301     # per-triple mode: no id needed
