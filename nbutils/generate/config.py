@@ -117,8 +117,9 @@ class GenerateConfig(StageConfig):
         for name in ("min_support", "min_clarity"):
             if not 0 <= getattr(self, name) <= 5:
                 raise ValueError(f"{name}={getattr(self, name)} must be 0 (off) or a score 1-5")
-        if self.batch and self.backend == "local":
-            raise ValueError("batch=True needs backend groq or openai (the providers' batch APIs), not local")
+        if self.batch and self.backend == "local" and not (self.judge and self.judge_backend_name != "local"):
+            raise ValueError("batch=True needs backend (or judge_backend) groq or openai: the providers' batch "
+                             "APIs; a local model has none")
         if not 0 <= self.batch_discount < 1:
             raise ValueError(f"batch_discount={self.batch_discount} must be a share of the price, 0 to <1")
         if self.judge and self.judge_backend_name == "openai" and not self.judge_model_name:

@@ -100,8 +100,9 @@ def test_openai_backend_batches_over_httpx(env, monkeypatch):
 
 
 def test_batch_needs_a_remote_backend():
-    with pytest.raises(ValueError, match="batch=True needs backend groq or openai"):
+    with pytest.raises(ValueError, match=r"batch=True needs backend \(or judge_backend\) groq or openai"):
         GenerateConfig.from_params(profile="demo", batch=True)
+    GenerateConfig.from_params(profile="demo", batch=True, judge_backend="groq")   # the judge batches
 
 
 # ------------------------------------------------------------------------------------------- only what is missing
