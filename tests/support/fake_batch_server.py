@@ -27,10 +27,7 @@ import re
 import time
 from collections import Counter
 
-try:                              # the shared fakes move to tests/support/ (issue 24)
-    from tests.support.fake_llm_server import FakeLLMServer
-except ImportError:               # pragma: no cover - before that move lands
-    from tests.fake_llm_server import FakeLLMServer
+from tests.support.fake_llm_server import FakeLLMServer
 
 
 def multipart_parts(body: bytes, content_type: str) -> dict[str, bytes]:
