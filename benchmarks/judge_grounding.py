@@ -110,13 +110,15 @@ def derange(items: list, key, rng: random.Random) -> list:
 
 
 # ------------------------------------------------------------------------------------------- cases
-def paperqa_case(rng: random.Random) -> dict:
+def paperqa_case(rng: random.Random, limit: int = 0) -> dict:
+    """Both fields of paperqa (the first `limit` answers of each; 0 = all)."""
     results = {}
     for field in ("computer_vision", "computational_biology"):
         meta = json.loads((PAPERQA / f"{field}_metadata.json").read_text())["papers"]
         pages = {m["file"]: f"{m['title']}. {m['abstract']}" for m in meta}
         rows = [r for r in json.loads((PAPERQA / f"{field}_questions.json").read_text())["questions"]
                 if r["source_document"] in pages and r["answer"].strip()]
+        rows = rows[:limit] if limit else rows
         true = [(r["answer"], pages[r["source_document"]]) for r in rows]
         other = derange(rows, lambda r: r["source_document"], rng)
         swapped = [(r["answer"], pages[o["source_document"]]) for r, o in zip(rows, other)]
@@ -153,27 +155,17 @@ def demo_case(triples_path: Path, pages_path: Path, window_chars: int, rng: rand
 
 def grounding_main(args) -> dict:
     rng = random.Random(args.seed)
-    out = {"paperqa": paperqa_case(rng)}
+    out = {"paperqa": paperqa_case(rng, args.limit)}
     if args.demo_triples:
         out["demo"] = demo_case(Path(args.demo_triples), Path(args.demo_pages), args.window_chars, rng)
     return out
 
 
 # ------------------------------------------------------------------------------------------- judge cost
-def fake_llm_server():
-    """The tests' fake Groq-compatible server (test code: it lives under tests/)."""
-    try:
-        from tests.support.fake_llm_server import FakeLLMServer
-    except ImportError:   # tests/ not a package yet: its folder on the path
-        sys.path.append(str(REPO / "tests"))
-        from fake_llm_server import FakeLLMServer
-    return FakeLLMServer
-
-
 def judge_cost_main(args) -> dict:
-    FakeLLMServer = fake_llm_server()  # noqa: N806
     from nbutils.generate import GenerateConfig, run
     from nbutils.io import write_jsonl
+    from tests.support.fake_llm_server import FakeLLMServer
 
     rng = random.Random(args.seed)
     vocab = [f"term{i}" for i in range(5000)]
@@ -213,6 +205,7 @@ def main(argv=None) -> int:
     g = sub.add_parser("grounding")
     g.add_argument("--demo-triples")
     g.add_argument("--demo-pages")
+    g.add_argument("--limit", type=int, default=0, help="paperqa answers per field (0: all)")
     g.add_argument("--window-chars", type=int, default=600, help="the window_chars of the run that made them")
     g.add_argument("--seed", type=int, default=0)
     j = sub.add_parser("judge-cost")

@@ -105,6 +105,26 @@ def test_unsloth_case_reads_the_shared_helpers(monkeypatch):
     assert pytest.raises(SystemExit, mod.main, ["--help"])
 
 
+def test_judge_grounding_reports_calls_per_kept_triple_and_separation(tmp_path):
+    """Issue 21's benchmark at a tiny size: the judge's calls per page vs per triple against the fake server, and
+    (where the paperqa data set is there) the grounding score's AUC on swapped answers."""
+    import json
+
+    from benchmarks import judge_grounding
+
+    out = tmp_path / "cost.json"
+    assert judge_grounding.main(["--out", str(out), "judge-cost", "--pages", "3", "--words", "120"]) == 0
+    cost = json.loads(out.read_text())
+    assert cost["page"]["judge_calls"] == 3 and cost["triple"]["judge_calls"] == cost["triple"]["triples_parsed"] == 9
+    assert cost["page"]["rerun_calls"] == 0 and cost["page"]["judge_tokens_per_kept_triple"] > 0
+    if not judge_grounding.PAPERQA.exists():
+        pytest.skip(f"no paperqa data set at {judge_grounding.PAPERQA}")
+    out = tmp_path / "grounding.json"
+    assert judge_grounding.main(["--out", str(out), "grounding", "--limit", "60"]) == 0
+    res = json.loads(out.read_text())["paperqa"]["computer_vision"]
+    assert res["n_true"] == 60 and res["idf"]["auc"] > 0.8 and res["idf"]["true_kept"] >= 0.95
+
+
 @pytest.mark.slow
 def test_batch_resume_kills_and_reruns_without_duplicates_or_losses():
     """Issue 21's batch benchmark at a tiny size: killed while waiting and between create and its reply, 0

@@ -4,11 +4,7 @@ import pytest
 from nbutils.generate import GenerateConfig, run
 from nbutils.generate.grounding import Grounder, grounding_score
 from nbutils.io import read_json, read_jsonl, write_jsonl
-
-try:                                   # tests/support/ (issue 24's layout)
-    from tests.support.fake_llm_server import FakeLLMServer
-except ImportError:                    # tests/ not a package yet: conftest's folder is on the path
-    from fake_llm_server import FakeLLMServer
+from tests.support.fake_llm_server import FakeLLMServer
 
 PAGE = ("Low-rank adaptation freezes the pretrained weights and learns two small matrices per projection. "
         "With rank 16 on all linear layers it matched full fine-tuning within 0.5 points while training 0.6 "

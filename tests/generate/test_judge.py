@@ -9,11 +9,7 @@ import pytest
 
 from nbutils.generate import GenerateConfig, run
 from nbutils.io import read_json, read_jsonl, write_jsonl
-
-try:                                   # tests/support/ (issue 24's layout)
-    from tests.support.fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
-except ImportError:                    # tests/ not a package yet: conftest's folder is on the path
-    from fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
+from tests.support.fake_llm_server import FakeLLMServer, judge_verdicts, judged_triples
 
 N_PAPERS, PAGES = 3, 2
 N_PAGES = N_PAPERS * PAGES
