@@ -155,6 +155,10 @@ def save_tiny_llama(folder: Path, tokenizer_from: Path | None = None) -> Path:
 
 
 def write_rows(data_dir: Path) -> None:
+    """16 rows in the original format, and the frozen split made from them once (as stage 04's launcher does
+    before it starts the processes)."""
+    from nbutils.splits import load_split
+
     rows = []
     for t in TOPICS:
         rows.append({"Instruction": f"What problem does the paper on {t} address?", "Input": "",
@@ -162,6 +166,7 @@ def write_rows(data_dir: Path) -> None:
         rows.append({"Instruction": f"Summarise the main result about {t}.", "Input": "",
                      "Output": f"The main result is that {t} becomes twice as efficient with our method."})
     (data_dir / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
+    load_split(str(data_dir), seed=42, verbose=False)
 
 
 def stage_args(data_dir: Path, model: Path, **kw) -> list[str]:
@@ -180,7 +185,9 @@ def losses(data_dir: Path) -> list[float]:
 
 
 def check(proc) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    """The run succeeded; else its rank-0 traceback (or the end of its output)."""
+    rank0 = [line for line in proc.stderr.splitlines() if line.startswith("[rank0]")]
+    assert proc.returncode == 0, "\n".join(rank0[-40:]) or proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
 @pytest.mark.slow

@@ -40,7 +40,8 @@ def run_stage(launch_flags: list[str], stage_args: list[str], num_processes: int
     """`python -m nbutils.finetune <stage_args>` in `num_processes` CPU processes: under FSDP (the shim), or, with
     fsdp=False, as accelerate runs DDP on CPU (MULTI_CPU over gloo)."""
     env = fsdp_env(launch_flags, num_processes) if fsdp else dict(os.environ)
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false",
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true",
+               TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
            "--master_port", str(free_port()), str(HERE), *stage_args]
