@@ -277,6 +277,24 @@ def workload_of(cfg) -> Workload:
                     load_in_4bit=cfg.load_in_4bit)
 
 
+def host_gpu_memory_gib() -> float:
+    """The smallest visible GPU's total memory in GiB, read without initialising CUDA in this (launching) process,
+    which would keep a CUDA context on GPU 0 while the launched processes train: nvidia-smi, else torch."""
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        sizes = {line.split(",")[0].strip(): float(line.split(",")[1]) / 1024 for line in out.strip().splitlines()}
+        chosen = [sizes[i.strip()] for i in visible.split(",") if i.strip() in sizes] if visible else []
+        return min(chosen or sizes.values())
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        from .runtime import gpu_memory_gib
+
+        return gpu_memory_gib()
+
+
 # ------------------------------------------------------------------------------------------------ the launch
 def fsdp_launch_flags(layer_classes: list[str], offload: bool = False) -> list[str]:
     """accelerate launch flags for FSDP-QLoRA (after --num_processes)."""

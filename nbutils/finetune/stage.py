@@ -32,11 +32,19 @@ def plan_launch(cfg: FinetuneConfig, world: int | None = None, gpu_gib: float | 
     """DDP or FSDP for this host (fsdp.plan_parallelism on the base model's config.json), printed with its
     arithmetic. Without a readable config.json: DDP, as before the plan (or FSDP when forced)."""
     from .config import MEMORY_MODES
-    from .fsdp import DDP, FSDP, ParallelPlan, plan_parallelism, read_model_config, shape_from_config, workload_of
-    from .runtime import gpu_memory_gib
+    from .fsdp import (
+        DDP,
+        FSDP,
+        ParallelPlan,
+        host_gpu_memory_gib,
+        plan_parallelism,
+        read_model_config,
+        shape_from_config,
+        workload_of,
+    )
 
     world = world or cfg.num_processes or gpu_count()
-    gpu_gib = gpu_gib if gpu_gib is not None else gpu_memory_gib()
+    gpu_gib = gpu_gib if gpu_gib is not None else host_gpu_memory_gib()
     force = cfg.multi_gpu if cfg.multi_gpu in (DDP, FSDP) else None
     try:
         shape = shape_from_config(read_model_config(cfg.base_model, cfg.data_dir))
@@ -99,6 +107,9 @@ def launch_distributed(cfg: FinetuneConfig) -> FinetuneResult:
     print(plan.describe())
     if plan.chosen is None and plan.mode == FSDP and cfg.multi_gpu != FSDP:
         raise RuntimeError(f"stage 04 does not fit this host: {plan.reason}")
+    if plan.mode == FSDP and cfg.merge:
+        raise ValueError("merge=True with FSDP: merging needs the whole 16-bit model in one process; train with "
+                         "merge=False, then merge the adapter in one process")
     layers = decoder_layer_classes(read_model_config(cfg.base_model, cfg.data_dir)) if plan.mode == FSDP else None
     cmd = launch_command(cfg, plan, layers)
     print("launching:", " ".join(cmd))

@@ -121,6 +121,20 @@ def test_ddp_stays_the_launch_when_a_replica_fits_and_without_a_readable_config(
         assert FinetuneConfig.from_params(profile="full", multi_gpu=value).multi_gpu == value
 
 
+def test_the_launching_process_reads_gpu_memory_from_nvidia_smi_not_cuda(tmp_path, monkeypatch):
+    """The plan's GPU size comes from nvidia-smi (the launcher keeps no CUDA context on GPU 0): the smallest of the
+    visible cards."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '0, 81559\\n1, 24576\\n2, 81559\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert fsdp.host_gpu_memory_gib() == pytest.approx(24.0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert fsdp.host_gpu_memory_gib() == pytest.approx(81559 / 1024)
+
+
 def test_under_fsdp_the_runtime_turns_off_what_is_not_tried_and_refuses_merge(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     cfg = FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), optim="paged_adamw_8bit",
