@@ -18,6 +18,7 @@ The runs (UNRUN: this session had no multi-GPU machine; see benchmarks/RESULTS.m
   python -m benchmarks.finetune_fsdp train --model /tmp/llama3-8b --data /tmp/fsdp-data --gpus 1 --mode single
   python -m benchmarks.finetune_fsdp train --model /tmp/llama3-8b --data /tmp/fsdp-data --gpus 2 --mode ddp
   python -m benchmarks.finetune_fsdp train --model /tmp/llama3-8b --data /tmp/fsdp-data --gpus 2 --mode fsdp
+  (and the three again with --memory-mode lean: checkpointing everywhere, like for like with FSDP's)
   python -m benchmarks.finetune_fsdp make-model --shape llama3-70b --out /tmp/llama3-70b --tokenizer TOKENIZER_DIR
   python -m benchmarks.finetune_fsdp train --model /tmp/llama3-70b --data /tmp/fsdp-data --gpus 2 --mode fsdp
 (TOKENIZER_DIR: any Llama-3-style tokenizer folder; the embedded SmolLM2's works for speed and memory, the vocab
@@ -130,22 +131,24 @@ class GpuMemoryPoller:
         self._thread.join(timeout=15)
 
 
-def stage_config(model: str, data: str, steps: int, mode: str, cpu: bool):
+def stage_config(model: str, data: str, steps: int, mode: str, cpu: bool, memory_mode: str = "auto"):
     from nbutils.finetune import FinetuneConfig
 
-    params = dict(CASE, base_model=model, max_steps=steps, multi_gpu=False if mode == "single" else mode)
+    params = dict(CASE, base_model=model, max_steps=steps, multi_gpu=False if mode == "single" else mode,
+                  memory_mode=memory_mode)
     if cpu:
         params.update(max_length=128, per_device_train_batch_size=2, load_in_4bit=False, lora_r=8)
     return FinetuneConfig.from_params(profile="full", data_dir=data, **params)
 
 
-def train_case(model: str, data: str, gpus: int, mode: str, steps: int, cpu: bool, out_json: str | None) -> dict:
+def train_case(model: str, data: str, gpus: int, mode: str, steps: int, cpu: bool, out_json: str | None,
+               memory_mode: str = "auto") -> dict:
     """One case through the stage's own launch: the plan (printed), the command, then the run."""
     from nbutils.finetune import stage
     from nbutils.finetune.fsdp import decoder_layer_classes, read_model_config
     from nbutils.splits import load_split
 
-    cfg = stage_config(model, data, steps, mode, cpu)
+    cfg = stage_config(model, data, steps, mode, cpu, memory_mode)
     load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     plan = None
@@ -162,7 +165,7 @@ def train_case(model: str, data: str, gpus: int, mode: str, steps: int, cpu: boo
     with GpuMemoryPoller() as poller:
         proc = subprocess.run(cmd, env=env, cwd=REPO)
     wall = time.time() - t0
-    result = {"mode": mode, "gpus": gpus, "steps": steps, "model": model, "returncode": proc.returncode,
+    result = {"mode": mode, "memory_mode": memory_mode, "gpus": gpus, "steps": steps, "model": model, "returncode": proc.returncode,
               "wall_s": round(wall, 1), "peak_mem_used_mib_per_gpu": poller.peak,
               "plan": plan.describe() if plan else None, "environment": environment()}
     log_path = Path(cfg.output_dir) / "train_log.json"
@@ -171,7 +174,7 @@ def train_case(model: str, data: str, gpus: int, mode: str, steps: int, cpu: boo
         entries = [e for e in tl["log"] if e.get("tokens_per_s")]
         steady = entries[1:] or entries  # the first step carries the warm-up
         result.update(tokens_per_s=round(sum(e["tokens_per_s"] for e in steady) / max(1, len(steady)), 1),
-                      rank0_peak_allocated_gib=tl["summary"]["peak_memory_gib"], load_s=tl.get("load_s"),
+                      rank0_peak_gib=tl["summary"]["peak_memory_gib"], load_s=tl.get("load_s"),
                       train_runtime_s=tl.get("train_runtime_s"), runtime=tl.get("runtime"))
     log(json.dumps({k: v for k, v in result.items() if k not in ("environment", "runtime")}, indent=1))
     if out_json:
@@ -192,6 +195,8 @@ def main(argv=None) -> int:
     t.add_argument("--gpus", type=int, default=2)
     t.add_argument("--mode", choices=("fsdp", "ddp", "single"), required=True)
     t.add_argument("--steps", type=int, default=12)
+    t.add_argument("--memory-mode", default="auto", choices=("auto", "fast", "lean"),
+                   help="the stage's memory_mode (lean: checkpointing in every mode, for a like-for-like comparison)")
     t.add_argument("--cpu", action="store_true", help="dry run on the CPU (tiny model, no 4-bit)")
     t.add_argument("--json", default=None)
     a = p.parse_args(argv)
@@ -200,7 +205,8 @@ def main(argv=None) -> int:
     if a.cmd == "make-model":
         make_model(a.shape, a.out, a.tokenizer)
         return 0
-    return 0 if train_case(a.model, a.data, a.gpus, a.mode, a.steps, a.cpu, a.json)["returncode"] == 0 else 1
+    result = train_case(a.model, a.data, a.gpus, a.mode, a.steps, a.cpu, a.json, a.memory_mode)
+    return 0 if result["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":
