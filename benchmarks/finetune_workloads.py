@@ -58,6 +58,9 @@ ARCHS = {
 EXTRA_CASES = [
     bench.Case("fast_nodrop", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
                lora_dropout=0.0, note="fast mode, fused LoRA forced on, LoRA dropout 0"),
+    bench.Case("auto_nokeep_nodrop", auto=True, patch="nokeep", lora_dropout=0.0,
+               note="stage default at dropout 0 with keep_base_weight=False (4-bit weights dequantised again in the "
+                    "backward: fast mode's memory without the kept weights)"),
 ]
 
 

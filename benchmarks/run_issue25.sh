@@ -43,11 +43,11 @@ for phase in "$@"; do
     [ -f $L3/config.json ] || $W make-model --arch llama3-8b --out $L3 --tokenizer .whl/smollm2 2>&1 | grep -E "^built"
     ;;
   workloads)
-    timeout ${PACKED_TIMEOUT:-300} $W workload packed --model $L3 --warmup ${WARMUP:-5} --steps ${STEPS:-4} \
-      --cases ${PACKED_CASES:-original_noupcast,stage_auto,stage_lean,unsloth_fast,unsloth_default} \
+    timeout ${PACKED_TIMEOUT:-300} $W workload packed --model $L3 --warmup ${WARMUP:-4} --steps ${STEPS:-3} \
+      --cases ${PACKED_CASES:-stage_auto,unsloth_fast,original_noupcast,stage_lean,unsloth_default} \
       --json "$OUT/packed.json" 2>&1 | tee "$OUT/packed.log" | grep -E "$KEEP"
-    timeout ${FULL_TIMEOUT:-240} $W workload full_rows --model $L3 --warmup ${FULL_WARMUP:-3} --steps ${STEPS:-4} \
-      --cases ${FULL_CASES:-stage_auto_nodrop,stage_lean_nodrop,unsloth_fast_nodrop,unsloth_default_nodrop} \
+    timeout ${FULL_TIMEOUT:-240} $W workload full_rows --model $L3 --warmup ${FULL_WARMUP:-2} --steps ${STEPS:-3} \
+      --cases ${FULL_CASES:-stage_auto_nodrop,unsloth_fast_nodrop,stage_lean_nodrop,unsloth_default_nodrop,auto_nokeep_nodrop} \
       --json "$OUT/full_rows.json" 2>&1 | tee "$OUT/full_rows.log" | grep -E "$KEEP"
     ;;
   crossover)
