@@ -137,6 +137,12 @@ def crossover_rows(results: list[dict], model: str) -> list[dict]:
                          "peft_tok_s": b["tokens_per_s"], "fused_over_peft": round(a["tokens_per_s"] /
                                                                                b["tokens_per_s"], 3),
                          "fused_gib": a.get("peak_alloc_gib"), "peft_gib": b.get("peak_alloc_gib")})
+    torchdrop, peft = by.get("fast_torchdrop"), by.get("default_fused_adamw")
+    if torchdrop and peft and torchdrop.get("tokens_per_s") and peft.get("tokens_per_s"):
+        rows.append({"model": model, "lora_dropout": f"{torchdrop.get('lora_dropout')} (PyTorch's dropout)",
+                     "fused_tok_s": torchdrop["tokens_per_s"], "peft_tok_s": peft["tokens_per_s"],
+                     "fused_over_peft": round(torchdrop["tokens_per_s"] / peft["tokens_per_s"], 3),
+                     "fused_gib": torchdrop.get("peak_alloc_gib"), "peft_gib": peft.get("peak_alloc_gib")})
     auto = by.get("stage_auto")
     if auto and rows:
         rows[0]["stage_auto_fused"] = auto.get("fuse_lora")

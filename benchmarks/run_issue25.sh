@@ -51,11 +51,11 @@ for phase in "$@"; do
       --json "$OUT/full_rows.json" 2>&1 | tee "$OUT/full_rows.log" | grep -E "$KEEP"
     ;;
   crossover)
-    for arch in ${ARCHS:-smollm2-135m smollm2-360m llama3.2-1b}; do
+    for arch in ${ARCHS:-smollm2-135m llama3.2-1b}; do
       M=/tmp/rand-$arch
       [ -f $M/config.json ] || $W make-model --arch $arch --out $M --tokenizer .whl/smollm2 2>&1 | grep -E "^built"
       timeout ${CROSS_TIMEOUT:-120} $W workload packed --model $M --warmup 2 --steps 3 --n-samples 600 \
-        --cases ${CROSS_CASES:-fast,default_fused_adamw,fast_nodrop,default_nodrop} --json "$OUT/cross_$arch.json" \
+        --cases ${CROSS_CASES:-fast,default_fused_adamw,fast_nodrop,default_nodrop,fast_torchdrop} --json "$OUT/cross_$arch.json" \
         2>&1 | tee "$OUT/cross_$arch.log" | grep -E "$KEEP" | grep -v "^| stage\|^|---"
       rm -rf $M
     done
