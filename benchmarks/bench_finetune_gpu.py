@@ -297,7 +297,7 @@ def attn_name(impl: str) -> str:
     return VARLEN if impl == "varlen" else impl
 
 
-def case_params(case: "Case") -> dict:
+def case_params(case: Case) -> dict:
     """The stage's knobs (FinetuneConfig fields) that make this case."""
     if case.auto:
         extra = {"keep_base_weight": False} if case.patch == "nokeep" else {}
@@ -316,7 +316,8 @@ def case_params(case: "Case") -> dict:
 
 
 def set_attention(model, impl: str) -> str:
-    from nbutils.kernels.attention import VARLEN, kernel_usable, set_attention as stage_set_attention
+    from nbutils.kernels.attention import VARLEN, kernel_usable
+    from nbutils.kernels.attention import set_attention as stage_set_attention
 
     impl = attn_name(impl)
     if impl == VARLEN and not kernel_usable():
@@ -1025,7 +1026,7 @@ def cmd_kernels(args) -> dict:
 # ------------------------------------------------------------------------------------------------ generation
 def cmd_gen(args) -> dict:
     """The original's loop (one prompt per generate, sampled, 4-bit) vs stage 05's batched greedy
-    (nbutils.evaluate.generate_batch; bf16 on a >= 40 GiB card as EvalConfig.load_in_4bit=None chooses).
+    (nbutils.evaluate.generate_batch; bf16 on a >= 40 GiB card as EvaluateConfig.load_in_4bit=None chooses).
     Both with a LoRA adapter attached (r=64, 7 projections) and min_new_tokens = max_new_tokens so both do
     the same number of tokens per example."""
     import torch

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]     # the fake server is test code: it lives in tests/
 
 from fake_llm_server import FakeLLMServer  # noqa: E402
+
 from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run  # noqa: E402
 from nbutils.io import write_jsonl  # noqa: E402
 

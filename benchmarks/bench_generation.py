@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nbutils.generation import GenParams, length_sorted_batches  # noqa: E402
-from nbutils.generation import generate_plain as generate_batch  # noqa: E402
+from nbutils.decoding import GenParams, length_sorted_batches  # noqa: E402
+from nbutils.decoding import generate_plain as generate_batch  # noqa: E402
 
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, max_position_embeddings=8192,

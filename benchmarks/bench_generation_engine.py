@@ -1,8 +1,8 @@
 """Issue 14: the generation engine vs the current path, same card, same call.
 
-  current : nbutils.generation.generate_plain - what 05 and 03 ran: HF `generate`, dynamic KV cache, PEFT's
+  current : nbutils.decoding.generate_plain - what 05 and 03 ran: HF `generate`, dynamic KV cache, PEFT's
             LoRA layers unmerged (2 extra GEMMs + an add per projection per step)
-  engine  : nbutils.generation's static path - LoRA merged into the weights, StaticCache, decode step compiled
+  engine  : nbutils.decoding's static path - LoRA merged into the weights, StaticCache, decode step compiled
             with torch.compile(mode="reduce-overhead") (CUDA graphs), done-checks every 16 steps
   hf_static: HF `generate(cache_implementation="static")` (its own auto-compile) on the same merged weights: what
             the library alone gives                                                               [--hf-static]
@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams, generate_plain  # noqa: E402
-from nbutils.generation.engine import kv_bytes_per_token  # noqa: E402
-
 from bench_generation import LORA_TARGETS as TARGETS  # noqa: E402,F401  (shared helpers of 05's benchmark)
 from bench_generation import attach_lora, random_prompts  # noqa: E402,F401
 from bench_generation import load_gpu_model as load_folder  # noqa: E402
+
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams, generate_plain  # noqa: E402
+from nbutils.decoding.engine import kv_bytes_per_token  # noqa: E402
 
 SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
             num_key_value_heads=3, rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
@@ -151,7 +151,7 @@ def time_engine(model, tok, prompts, gen, batch_size, compile_: bool = True) -> 
 
 def time_hf_static(model, prompts, gen, pad, stop, batch_size) -> dict:
     """HF generate's own static cache + auto-compile, on the merged weights (LoRA taken out)."""
-    from nbutils.generation.lora import DecodeWeights
+    from nbutils.decoding.lora import DecodeWeights
 
     g = GenParams(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens, static_cache=True,
                   stop_markers=())

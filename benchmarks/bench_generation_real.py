@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams, clean_answer, generate_plain
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams, clean_answer, generate_plain
 
 PAPERS = Path(__file__).resolve().parent.parent / "nbutils" / "demo_site" / "papers"
 INSTRUCTIONS = ("Summarize the following passage in one or two sentences.",
@@ -65,12 +65,12 @@ def run_eval(model, tok, n: int, new: int, batch: int) -> dict:
     ids = [tok(p)["input_ids"] for p in prompts]
     refs = [first_sentence(w) for w in wins]
     gen = GenParams(max_new_tokens=new)
-    from nbutils.generation import eos_ids
+    from nbutils.decoding import eos_ids
 
     pad, stop = tok.pad_token_id, eos_ids(tok, model)   # 05's stop ids (the generation config's eos included)
     res: dict = {"n": len(prompts), "max_new_tokens": new, "batch": batch, "references": refs}
     engine = GenerationEngine(model, tok, EngineSettings())
-    from nbutils.generation.params import length_sorted_batches
+    from nbutils.decoding.params import length_sorted_batches
 
     order = length_sorted_batches([len(x) for x in ids], batch)
     for variant in ("base", "tuned"):
@@ -163,9 +163,8 @@ def run_local(folder: str, n: int, batch: int, max_tokens: int = 256) -> dict:
 
 
 def run_real_suite(a, bw: float) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from bench_generation_engine import attach_lora
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = a.model
     tok = AutoTokenizer.from_pretrained(folder)
@@ -201,11 +200,12 @@ def summarize(raw_json: str, out_json: str, stop_ids: tuple[int, ...] = (2,)) ->
     ROUGE-L between the paired answers, where answers first diverge; written compact (texts, no token ids).
     Answers are compared up to 05's stop ids (`stop_ids`: SmolLM2's generation-config eos, <|im_end|> = 2): the run
     of 2026-12-01 gave the current path only the tokenizer's eos/pad, so it wrote on past <|im_end|> where 05 stops."""
-    from nbutils.generation import cut_at_stop
     import json
 
     import numpy as np
     from rouge_score import rouge_scorer
+
+    from nbutils.decoding import cut_at_stop
 
     full = json.loads(Path(raw_json).read_text())
     real = full["real"]
@@ -248,7 +248,7 @@ def fp32_check(raw_json: str, folder: str, stop_ids: tuple[int, ...] = (2,)) -> 
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nbutils.generation import cut_at_stop
+    from nbutils.decoding import cut_at_stop
     from nbutils.templates import ALPACA, build_prompt
 
     e = json.loads(Path(raw_json).read_text())["real"]["eval"]

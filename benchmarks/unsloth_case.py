@@ -25,13 +25,13 @@ import os
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS"):
     os.environ.setdefault(_var, "1")
 
-import unsloth  # noqa: E402,F401  (first: it patches transformers, PEFT and TRL on import)
-from unsloth import FastLanguageModel  # noqa: E402
-
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import unsloth  # noqa: E402,F401  (first: it patches transformers, PEFT and TRL on import)
+from unsloth import FastLanguageModel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_finetune_gpu as bench  # noqa: E402
