@@ -163,7 +163,7 @@ def _grad_x_kernel(GX, GA, A, seed, M, K, n_off, stride_gm, thr, scale, R: tl.co
         tl.store(ptr, gx.to(GX.dtype.element_ty), mask=inb)
 
 
-# Launch settings: (BLOCK_M, split or num_warps...) measured on an H100 (benchmarks/bench_finetune_gpu.py kernels).
+# Launch settings: (BLOCK_M, split or num_warps...) measured on an H100 (python -m benchmarks.finetune_kernels).
 TUNING = {"fwd": dict(BLOCK_M=32, splits=4, num_warps=4, num_stages=3),
           "grad_a": dict(BLOCK_M=32, splits=8, num_warps=4, num_stages=3),
           "grad_x": dict(BLOCK_M=64, num_warps=4, num_stages=3)}
