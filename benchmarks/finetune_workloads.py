@@ -1,18 +1,18 @@
 """Issue 25: stage 04 against Unsloth on two workloads, and where the fused LoRA layers stop paying (by model width).
 
-Drives benchmarks/bench_finetune_gpu.py's `train` (its cases, StepTimer and Unsloth subprocess) with:
+Drives benchmarks.finetune_speed's `train` (its cases, StepTimer and Unsloth subprocess) with:
   workloads  `packed`: 100-600-token instruction samples, packed padding-free (the stage's data);
              `full_rows`: every sample exactly `--seq-len` tokens (one sample a row: packing changes nothing, and
              Unsloth's compiled layers see one shape, its best case). Same 16 x 2048 tokens per optimizer step.
-  archs      Llama-shaped random-weight models of other widths for the fused-LoRA crossover (`make-model --arch`):
-             smollm2-135m (hidden 576), smollm2-360m (960), qwen2.5-1.5b-shape (1536), llama3.2-1b (2048).
-  cases      `fast_nodrop` (fused LoRA forced on, dropout 0) beside the script's `fast` (fused, 0.1),
-             `default_fused_adamw` (PEFT's layers, 0.1) and `default_nodrop` (PEFT's, 0): fast mode either way.
+  widths     Llama-shaped random-weight models of other widths for the fused-LoRA crossover (`make-model --arch`,
+             benchmarks.common.SHAPES): smollm2-135m (hidden 576), smollm2-360m (960), qwen2.5-1.5b-shape (1536),
+             llama3.2-1b (2048); cases `fast` / `fast_nodrop` (fused LoRA forced on, dropout 0.1 / 0) against
+             `default_fused_adamw` / `default_nodrop` (PEFT's layers), fast mode either way.
 
-    python benchmarks/finetune_workloads.py make-model --arch llama3.2-1b --out /tmp/l1b --tokenizer .gpu_assets/smollm2
-    python benchmarks/finetune_workloads.py workload packed --model /tmp/llama3-8b-random --warmup 5 --steps 4 \
-        --cases original_noupcast,stage_auto,stage_lean,unsloth_fast,unsloth_default --json /tmp/packed.json
-    python benchmarks/finetune_workloads.py summary /tmp/packed.json /tmp/full_rows.json [--crossover a.json ...]
+    python -m benchmarks.finetune_workloads make-model --arch llama3.2-1b --out /tmp/l1b --tokenizer .whl/smollm2
+    python -m benchmarks.finetune_workloads workload packed --model /tmp/llama3-8b-random --warmup 4 --steps 3 \
+        --cases stage_auto,unsloth_fast,original_noupcast,stage_lean,unsloth_default --json /tmp/packed.json
+    python -m benchmarks.finetune_workloads summary /tmp/packed.json /tmp/full_rows.json [--crossover a.json ...]
 
 `summary` prints, per workload, every case with its per-step times (the warm-up steps first, then the timed ones),
 the stage/Unsloth pairs against the issue's targets (fast >= 1.1x Unsloth without checkpointing at <= its memory
@@ -25,8 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_finetune_gpu as bench  # noqa: E402
+from . import finetune_speed as speed
 
 WORKLOADS = {
     "packed": {"min_len": 100, "max_len": 600, "n_samples": 1000},
@@ -35,40 +34,6 @@ WORKLOADS = {
 SPEED_TARGET = 1.1
 FAST_MEMORY_SLACK = 1.10      # fast: <= Unsloth-without-checkpointing's peak + 10 %
 LEAN_MEMORY_SLACK = 1.00      # lean: <= Unsloth default's peak
-
-ARCHS = {
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-                         rope_theta=100000.0),
-    "smollm2-360m": dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-                         num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
-                         rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-                         rope_theta=100000.0),
-    "qwen2.5-1.5b-shape": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                               num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=8192,
-                               rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-                               rope_theta=1000000.0),
-    "llama3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                        rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=True,
-                        rope_theta=500000.0),
-}
-
-EXTRA_CASES = [
-    bench.Case("fast_nodrop", attn="varlen", liger=True, gc=False, upcast=False, optim="adamw_torch_fused", fuse=True,
-               lora_dropout=0.0, note="fast mode, fused LoRA forced on, LoRA dropout 0"),
-    bench.Case("auto_nokeep_nodrop", auto=True, patch="nokeep", lora_dropout=0.0,
-               note="stage default at dropout 0 with keep_base_weight=False (4-bit weights dequantised again in the "
-                    "backward: fast mode's memory without the kept weights)"),
-]
-
-
-def register() -> None:
-    """This file's archs and cases into bench_finetune_gpu's tables (its CLI then knows them)."""
-    bench.ARCHS.update({k: v for k, v in ARCHS.items() if k not in bench.ARCHS})
-    for case in EXTRA_CASES:
-        bench.CASES.setdefault(case.name, case)
 
 
 def workload_argv(workload: str, args) -> list[str]:
@@ -86,8 +51,7 @@ def workload_argv(workload: str, args) -> list[str]:
 
 
 def cmd_workload(args) -> int:
-    register()
-    rc = bench.main(workload_argv(args.workload, args))
+    rc = speed.main(workload_argv(args.workload, args))
     if args.json and Path(args.json).exists():   # the workload's name and the run's warm-up travel with its JSON
         obj = json.loads(Path(args.json).read_text())
         obj.update(workload=args.workload, warmup=args.warmup, model=args.model)
@@ -111,7 +75,7 @@ def pair_rows(results: list[dict]) -> list[dict]:
     by = {r["case"]: r for r in results}
     rows = []
     for ours in results:
-        ref = by.get(bench.unsloth_counterpart(ours) or "")
+        ref = by.get(speed.unsloth_counterpart(ours) or "")
         if not ref or not ours.get("tokens_per_s") or not ref.get("tokens_per_s"):
             continue
         lean = bool(ours.get("gradient_checkpointing"))
@@ -199,8 +163,7 @@ def cmd_summary(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("workload", "summary", "-h", "--help"):
-        register()                       # make-model / train / check ... of bench_finetune_gpu, with our archs
-        return bench.main(argv)
+        return speed.main(argv)          # make-model / make-data / train of benchmarks.finetune_speed
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("workload", help="bench_finetune_gpu.py train on one workload")

@@ -8,12 +8,12 @@ The dataset: ../shared/datasets/paperqa/ (rsonnen/rag-eval-arxiv, MIT): 1,462 LL
 question, input empty, output = the answer, paper_id = the arXiv id), so the split step (nbutils.splits) splits
 them by paper: no paper has rows on both sides.
 
-    python benchmarks/quality.py prepare /work/shared/datasets/paperqa --out .whl/quality/triples.jsonl
+    python -m benchmarks.quality prepare /work/shared/datasets/paperqa --out .whl/quality/triples.jsonl
     # on the GPU machine (the model provisioned once with `python -m nbutils provision-model --data-dir D`):
-    python benchmarks/quality.py run --triples .whl/quality/triples.jsonl --base-model D/models/base/SmolLM2-135M-Instruct \
+    python -m benchmarks.quality run --triples .whl/quality/triples.jsonl --base-model D/models/base/SmolLM2-135M-Instruct \
         --work /tmp/quality --variant default --variant accum1:gradient_accumulation_steps=1 --eval-steps 4 \
         --json $OUT/quality.json
-    python benchmarks/quality.py summary $OUT/quality.json
+    python -m benchmarks.quality summary $OUT/quality.json
 
 Each variant is the `full` profile plus `key=value` overrides of 04's parameters (`04.` prefix implied), in its own
 data folder; `--no-eval-after` names variants that run 04 only. `--eval-steps` only makes the eval-loss curve
@@ -29,10 +29,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 PAPERQA_FILES = ("computer_vision_questions.json", "computational_biology_questions.json")
 SHOWN_METRICS = ("rougeL", "rouge1", "bleu", "ref_nll", "answer_words", "hit_max_new_tokens")

@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATAS
   NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONWARNINGS=ignore \
   PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-}
 PY=${PY:-python3}
-W="$PY benchmarks/finetune_workloads.py"
+W="$PY -m benchmarks.finetune_workloads"
 L3=/tmp/llama3-8b-random
 QBASE=/tmp/qbase
 KEEP='^\[|^\||^N =|^loaded|FAILED|Error|rror:|nsloth: |^###|^built'
@@ -61,7 +61,7 @@ for phase in "$@"; do
     done
     ;;
   quality)
-    $PY benchmarks/quality.py run --triples .whl/quality/triples.jsonl \
+    $PY -m benchmarks.quality run --triples .whl/quality/triples.jsonl \
       --base-model $QBASE/models/base/SmolLM2-135M-Instruct --work /tmp/quality --eval-steps ${EVAL_STEPS:-4} \
       --deadline-s ${QUALITY_DEADLINE:-200} --timeout ${QUALITY_TIMEOUT:-300} ${QUALITY_ARGS:---variant default} \
       --json "$OUT/quality.json" 2>&1 | tee "$OUT/quality.log" | tail -40
