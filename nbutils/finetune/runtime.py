@@ -188,7 +188,7 @@ def resolve_fuse_lora(fuse_lora: bool | str, hidden_size: int | None) -> tuple[b
         return True, "fuse_lora=True (auto: the model's hidden_size is unknown)"
     on = hidden_size >= FUSE_LORA_MIN_HIDDEN
     return on, (f"fuse_lora={on} (auto: hidden_size {hidden_size} {'>=' if on else '<'} {FUSE_LORA_MIN_HIDDEN}"
-                + ("" if on else ": PEFT's own LoRA layers are faster on a model this narrow") + ")")
+                + ("" if on else ": PEFT's own LoRA layers, the fused path not measured faster this narrow") + ")")
 
 
 def resolve_liger(cfg: FinetuneConfig, device: str, notes: list) -> bool:
