@@ -1,5 +1,5 @@
 """Parameters of the export step (05's "Publish what you evaluated" section; `python -m nbutils.export`).
-A field holds the `full` value; the demo profile changes only the base model."""
+A field holds the value of every profile: what is exported follows from the adapter, not from the profile."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,14 +15,12 @@ GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0")   # what the `gguf` package can wri
 class ExportConfig(StageConfig):
     """Adapter + base -> merged safetensors, GGUF files, an Ollama Modelfile, a model card; optionally the Hub."""
 
-    PROFILE_OVERRIDES: ClassVar[dict] = {
-        "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
-    }
+    PROFILE_OVERRIDES: ClassVar[dict] = {}   # the base comes from the adapter's records in every profile
     PATH_FIELDS: ClassVar[dict] = {"adapter_dir": "adapter", "reports_dir": "reports", "dataset_dir": "dataset",
                                    "export_dir": "export"}
 
-    base_model: str | None = option("meta-llama/Meta-Llama-3-8B", "hub id or local folder the adapter was trained "
-                                    "on (checked against the adapter's records); None: what they record")
+    base_model: str | None = option(None, "hub id or local folder the adapter was trained on (checked against the "
+                                    "adapter's records); None: the base 04 recorded in train_log.json")
     adapter_dir: str | None = option(None, "None: data_dir/models/adapter")
     reports_dir: str | None = option(None, "05's reports (metrics.json goes into the model card); None: "
                                      "data_dir/reports")
