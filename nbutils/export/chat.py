@@ -104,9 +104,8 @@ def runtime_template(tokenizer, template: str) -> RuntimeTemplate:
         tmpl = {"chatml": CHATML_OLLAMA, "llama3": LLAMA3_OLLAMA}.get(fam)
         rt = RuntimeTemplate(fam, tmpl, default_system(tokenizer), stops)
         expected = build_prompt("PROBE", "", template, tokenizer)
-        if tmpl is not None and tokenizer.bos_token and expected.startswith(tokenizer.bos_token) \
-                and not tmpl.startswith(tokenizer.bos_token):
-            expected = expected[len(tokenizer.bos_token):]   # the runtime adds BOS itself
+        if fam == "llama3" and expected.startswith("<|begin_of_text|>"):
+            expected = expected[len("<|begin_of_text|>"):]   # llama.cpp and Ollama add BOS themselves
     if rt.ollama_template is None or render_ollama(rt.ollama_template, "PROBE", rt.system) != expected:
         return RuntimeTemplate(rt.family, None, rt.system, stops)
     return rt
