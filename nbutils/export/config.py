@@ -31,8 +31,8 @@ class ExportConfig(StageConfig):
     dtype: str = option("bfloat16", "merged weights' dtype (a 4-bit base is dequantised to it, never "
                         "requantised)", choices=MERGED_DTYPES)
     template: str | None = option(None, "None: what 04 recorded in train_log.json, else alpaca")
-    merge: bool = option(True, "write merged/ (safetensors + tokenizer + chat template + generation config); the "
-                         "GGUF files are made from it")
+    merge: bool = option(True, "write merged/ (safetensors + tokenizer + chat template + generation config); "
+                         "written anyway when gguf_types asks for a GGUF (they are made from it)")
     gguf_types: list = option(["f16", "q8_0"], f"GGUF files to write ({', '.join(GGUF_TYPES)}); [] for none")
     ollama: bool = option(True, "write an Ollama Modelfile whose TEMPLATE and stops match the training template")
     card: bool = option(True, "write README.md: the model card with Hub front matter and 05's table")
