@@ -84,3 +84,35 @@ def test_a_killed_merge_leaves_no_folder_a_rerun_takes_as_done(data_dir, tmp_pat
         write_merged(inputs, tmp_path / "merged", "bfloat16", "key")
     assert not (tmp_path / "merged").exists() and not (tmp_path / "merged.partial").exists()
     assert not merged_is_current(tmp_path / "merged", "key")
+
+
+def test_a_4bit_base_checkpoint_is_dequantised_to_bf16_and_never_requantised(tmp_path, tiny_base):
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = tmp_path / "q" / "tiny-llama"          # same folder name as the base the adapter records
+    AutoModelForCausalLM.from_pretrained(str(tiny_base), device_map="cpu", quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)).save_pretrained(str(q))
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_base / f).exists():
+            shutil.copy(tiny_base / f, q / f)
+    from .conftest import make_adapter
+
+    make_adapter(tiny_base, tmp_path / "models" / "adapter")
+    inputs = gather_inputs(export_config(tmp_path, base_model=str(q)))
+    assert inputs.base_4bit_checkpoint and any("dequantised to bfloat16" in n for n in inputs.notes)
+    info = write_merged(inputs, tmp_path / "merged", "bfloat16", "k")
+    assert info["method"] == "peft, 4-bit base dequantised to bfloat16"
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+    got = load_file(str(tmp_path / "merged" / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    assert got.dtype == torch.bfloat16 and got.shape == (64, 64)
+    deq = AutoModelForCausalLM.from_pretrained(str(q), device_map="cpu").dequantize()
+    w = deq.state_dict()["model.layers.0.self_attn.q_proj.weight"].float()
+    ad = load_file(str(tmp_path / "models" / "adapter" / "adapter_model.safetensors"))
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
+    want = w + 2.0 * (ad[key.format("B")].float() @ ad[key.format("A")].float())   # alpha/r = 8/4
+    assert torch.allclose(got.float(), want, atol=2e-2, rtol=2e-2)
+    orig = AutoModelForCausalLM.from_pretrained(str(tiny_base)).state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.allclose(got.float(), orig + (want - w), atol=2e-2)   # the nf4 weights, not the original ones
