@@ -48,7 +48,7 @@ def make_adapter(base: Path, out: Path, r: int = 16, rel: float = 0.05, seed: in
     pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, task_type="CAUSAL_LM"))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, mod in pm.named_modules():
+        for mod in pm.modules():
             if hasattr(mod, "lora_B") and "default" in getattr(mod, "lora_B", {}):
                 a, b, w = mod.lora_A["default"].weight, mod.lora_B["default"].weight, mod.base_layer.weight
                 b.copy_(torch.randn(b.shape, generator=g))

@@ -143,7 +143,7 @@ def render_card(inputs: ExportInputs, *, model_name: str, repo_id: str | None, d
         "ids = tok.apply_chat_template([{\"role\": \"user\", \"content\": \"What does the paper propose?\"}],\n"
         "                              add_generation_prompt=True, return_tensors=\"pt\")\n"
         "print(tok.decode(model.generate(ids, max_new_tokens=256)[0][ids.shape[1]:], skip_special_tokens=True))\n```",
-        *(["Files: " + ", ".join(f"`{Path(p).name}` ({t})" for t, p in gguf_files.items()) + "."] if gguf_files else []),
+        *([f"Files: {', '.join(f'`{Path(p).name}` ({t})' for t, p in gguf_files.items())}."] if gguf_files else []),
         *(["```sh\n" + "\n".join(commands) + "\n```"] if commands else []),
         "## Evaluation (stage 05: base vs tuned on the held-out split)",
     ]

@@ -103,8 +103,9 @@ def check_tokenizer(merged_dir: Path) -> str:
     tj = read_json(path)
     model = tj.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
+        fallback = " with byte fallback" if model.get("byte_fallback") else ""
         raise UnsupportedArchitecture(
-            f"the tokenizer in {merged_dir} is {model.get('type')}{' with byte fallback' if model.get('byte_fallback') else ''}"
+            f"the tokenizer in {merged_dir} is {model.get('type')}{fallback}"
             f" (SentencePiece-style, e.g. Llama 2 / Mistral): only byte-level BPE is written here; use "
             f"{converter_command(merged_dir, 'x.gguf')}")
     return pre_tokenizer_name(tj)
@@ -302,7 +303,7 @@ def write_gguf(merged_dir: str | Path, out_path: str | Path, qtype: str, name: s
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for new, ref, perm, shape, qt in arrays_meta:
+        for new, ref, perm, _shape, qt in arrays_meta:
             t = load_tensor(ref).to(device)
             if perm is not None:
                 t = permute_qk(t, *perm)

@@ -80,7 +80,7 @@ def stream_merge(inputs: ExportInputs, out: Path, dtype_name: str) -> dict:
     shards = sorted(inputs.base_path.glob("*.safetensors"))
     weight_map: dict[str, str] = {}
     merged = 0
-    for i, shard in enumerate(shards):
+    for shard in shards:
         name = shard.name if len(shards) > 1 else "model.safetensors"
         tensors = {}
         with safe_open(str(shard), framework="pt") as f:
