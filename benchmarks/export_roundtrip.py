@@ -79,8 +79,9 @@ def forced_agreement(model, enc, ref_new) -> float:
 
     ids = torch.cat([enc["input_ids"], ref_new], dim=1)
     mask = torch.cat([enc["attention_mask"], torch.ones_like(ref_new)], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)   # as generate() numbers left-padded rows
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
     n = ref_new.shape[1]
     pred = logits[:, -n - 1:-1].argmax(-1)
     return float((pred == ref_new).float().mean())
