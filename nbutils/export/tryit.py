@@ -8,7 +8,7 @@ from ..templates import build_prompt
 def side_by_side(model, tok, prompts: list[str] | str, template: str = "alpaca", max_new_tokens: int = 128,
                  batch_size: int = 8) -> list[dict]:
     """[{prompt, base, tuned}] for each prompt: greedy answers of the PeftModel `model` with the adapter off, on."""
-    from ..generation import (
+    from ..decoding import (
         EngineSettings,
         GenerationEngine,
         GenParams,
