@@ -66,7 +66,6 @@ def test_parameters_reach_the_config_once_and_match_its_fields(path):
     classes = notebook_config_classes(path.stem)   # the stage's config, then its sections' (05: ExportConfig)
     if not classes:
         pytest.skip("not a stage notebook")
-    cls = classes[0]
     fields_ = set().union(*(c.field_names() for c in classes))
     nb = nbformat.read(str(path), as_version=4)
     cell = parameters_cell(nb)
