@@ -22,34 +22,30 @@ import sys
 import time
 from pathlib import Path
 
-SHAPES = {
-    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-                      max_position_embeddings=8192),
-    "tiny": dict(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=2048),
-}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def lora_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """(out, in) of each adapted projection of one layer."""
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    q, kv, h, i = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.hidden_size, cfg.intermediate_size
+    return {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+            "self_attn.o_proj": (h, q), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
 
 
 def build(work: Path, shape: str, tokenizer: Path, r: int) -> dict:
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .common import build_random_model, llama_config
 
     t0 = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = LlamaConfig(**SHAPES[shape], tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                      rms_norm_eps=1e-5)
+    cfg = llama_config(shape)
     base = work / "base" / f"random-{shape}"
     shutil.rmtree(base, ignore_errors=True)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)        # initialised in bf16 directly: 16 GB, not 32 + 16
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg)
-    torch.set_default_dtype(torch.float32)
-    model.save_pretrained(str(base), max_shard_size="5GB")
+    build_random_model(cfg, device, base)          # bf16 on CUDA, 5 GB shards
     for f in TOKENIZER_FILES:
         if (tokenizer / f).exists():
             shutil.copy(tokenizer / f, base / f)
@@ -58,16 +54,11 @@ def build(work: Path, shape: str, tokenizer: Path, r: int) -> dict:
     adapter.mkdir(parents=True)
     g = torch.Generator(device=device).manual_seed(1)
     tensors = {}
-    for name, mod in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in TARGETS:
-            out_f, in_f = mod.weight.shape
-            tensors[f"base_model.model.{name}.lora_A.weight"] = \
-                (torch.randn(r, in_f, generator=g, device=device) / in_f ** 0.5).cpu()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = \
-                (torch.randn(out_f, r, generator=g, device=device) * 0.01).cpu()
-    n_params = sum(p.numel() for p in model.parameters())
-    del model
+    for layer in range(cfg.num_hidden_layers):
+        for name, (out_f, in_f) in lora_shapes(cfg).items():
+            key = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn(r, in_f, generator=g, device=device) / in_f ** 0.5).cpu()
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(out_f, r, generator=g, device=device) * 0.01).cpu()
     save_file(tensors, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
     (adapter / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 16, "lora_dropout": 0.1,
@@ -80,7 +71,7 @@ def build(work: Path, shape: str, tokenizer: Path, r: int) -> dict:
         "base_model": str(base), "base_model_path": str(base),
         "config": {"template": "alpaca", "lora_r": r, "lora_alpha": 16, "load_in_4bit": True},
         "runtime": {"load_in_4bit": True}}))
-    return {"build_s": round(time.time() - t0, 1), "params": n_params, "lora_tensors": len(tensors),
+    return {"build_s": round(time.time() - t0, 1), "lora_tensors": len(tensors),
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
 
@@ -109,7 +100,7 @@ def export(work: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("all", "build", "export"), default="all")
-    p.add_argument("--shape", choices=tuple(SHAPES), default="llama3-8b")
+    p.add_argument("--shape", choices=("llama3-8b", "smollm2-135m", "tiny"), default="llama3-8b")
     p.add_argument("--tokenizer", default="data/models/base/SmolLM2-135M-Instruct",
                    help="folder with a byte-level BPE tokenizer.json")
     p.add_argument("--work", default="/tmp/export-gpu")
@@ -124,7 +115,9 @@ def main(argv=None) -> int:
     if args.stage == "export":
         print(json.dumps(export(work)))
         return 0
-    figures = {"shape": args.shape, "lora_r": args.lora_r}
+    from .common import environment
+
+    figures = {"shape": args.shape, "lora_r": args.lora_r, "environment": environment(("transformers", "peft", "gguf"))}
     for stage in ("build", "export"):   # separate processes: the export's peaks are its own
         proc = subprocess.run([sys.executable, "-m", "benchmarks.export_gpu", "--stage", stage, "--shape", args.shape,
                                "--tokenizer", args.tokenizer, "--work", str(work), "--lora_r", str(args.lora_r)],
