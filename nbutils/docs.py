@@ -18,8 +18,9 @@ from .runner import STAGE_CONFIGS, stage_config_class
 README = PROJECT_ROOT / "README.md"
 DOCS_DIR = PROJECT_ROOT / "docs"
 STAGE_DOCS = DOCS_DIR / "stages"
-# Steps with a parameter table but no notebook of their own: name -> (module, config class).
-EXTRA_CONFIGS: dict[str, tuple[str, str]] = {}
+# Steps with a parameter table but no notebook of their own (the export step runs at the end of 05):
+# name -> (module, config class); the page is docs/stages/NN_<name>.md.
+EXTRA_CONFIGS: dict[str, tuple[str, str]] = {"export": ("nbutils.export", "ExportConfig")}
 DOC_CONFIGS = {**STAGE_CONFIGS, **EXTRA_CONFIGS}
 BLOCK = re.compile(r"(<!-- params:(?P<stage>[\w]+) -->\n)(?P<body>.*?)(<!-- /params -->)", re.S)
 
