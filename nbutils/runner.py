@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -193,6 +194,7 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
     run_dir = Path(run_dir) if run_dir else new_run_dir(data_dir, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(run_dir)
+    os.environ["NBUTILS_RUN_DIR"] = str(run_dir.resolve())  # the kernels inherit it: 04 names its tracker run so
     print(f"run folder: {run_dir}  (profile={profile}, data_dir={data_dir})")
 
     def save_summary() -> None:

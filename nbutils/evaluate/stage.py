@@ -23,10 +23,11 @@ from nbutils.templates import build_prompt
 
 from .bootstrap import paired_bootstrap
 from .config import EvalConfig
-from .data import load_eval_examples, resolve_template
+from .data import load_eval_examples, read_train_log, resolve_template
 from nbutils.generation import EngineSettings, GenerationEngine
 
 from .generation import GenParams, PredictionCache, encode_prompts, generate_answers
+from .harness import prepare_harness, run_harness
 from .judge import judge_metrics, judge_pairwise
 from .metrics import METRIC_LABELS, ROUGE_TYPES, bleu_stats, build_specs, rouge_scores, sentence_bleu, word_count
 from .model import check_adapter, load_model_with_adapter, model_fingerprint
@@ -73,10 +74,11 @@ class EvalResult(StageResult):
         better = ", ".join(verdicts["yes"]) or "none"
         worse = f"; worse on: {', '.join(verdicts['no'])}" if verdicts["no"] else ""
         seconds = self.runtime.get("seconds_total")
+        harness = f" {r['harness']['verdict']}" if r.get("harness") else ""
         return (f"05 evaluate: {r['n_examples']} {r['split']} examples, template {r['template']!r}, "
                 f"{'sampled' if r['generation']['do_sample'] else 'greedy'} decoding. " + "; ".join(parts)
                 + f". Tuned better ({level}% CI excludes 0) on: {better}{worse}. Reports in {self.reports_dir}"
-                + (f" ({seconds} s)." if seconds is not None else "."))
+                + (f" ({seconds} s)." if seconds is not None else ".") + harness)
 
 
 def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool,
@@ -175,6 +177,7 @@ def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResu
     t0 = time.time()
     if model is None:
         check_adapter(cfg.adapter_dir)
+    task_manager = prepare_harness(cfg)  # lm-eval there and the tasks known, before any paid work
     rows = load_eval_examples(cfg, verbose)
     template = resolve_template(cfg)
     if model is None or tok is None:
@@ -192,9 +195,20 @@ def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResu
     t_gen = time.time() - t1
     result, per_example = score(cfg, rows, prompts, refs, answers, nll, template, judge(cfg, rows, refs, answers))
     result["generation"]["engine"] = engine
+    harness = run_harness(cfg, model, tok, template, sha256_text(json.dumps(fp, sort_keys=True), template,
+                                                                  f"4bit={four_bit}")[:20], task_manager, verbose)
+    if harness:
+        result["harness"] = harness
     result["runtime"] = {"device": pick_device(), "base_4bit": four_bit, "seconds_total": round(time.time() - t0, 1),
                          "seconds_generate_and_nll": round(t_gen, 1),
+                         "seconds_harness": harness["seconds"] if harness else 0.0,
                          "generated_tokens": int(sum(a["n_new_tokens"] for v in answers.values() for a in v)),
                          "prompts_truncated": n_cut, "fingerprint": fp}
+    if cfg.log_to_tracker:
+        from .tracking import log_to_trackers
+
+        train_log = read_train_log(cfg.adapter_dir)
+        result["tracking"] = log_to_trackers(train_log.get("tracking"), result, int(train_log.get("global_step") or 0),
+                                             verbose)
     write_reports(cfg.reports_dir, result, per_example, cfg.n_show)
     return EvalResult(report=result, reports_dir=str(cfg.reports_dir))

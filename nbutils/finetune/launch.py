@@ -2,6 +2,7 @@
 one process per GPU; a notebook is one process, so it launches and waits)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -52,6 +53,10 @@ def launch_distributed(cfg: FinetuneConfig) -> FinetuneResult:
     from ..splits import load_split
 
     load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed)  # made once here, not by every rank
+    if cfg.run_name is None:  # one name for every rank (each would take its own time stamp)
+        from .tracking import plan_tracking
+
+        cfg = dataclasses.replace(cfg, run_name=plan_tracking(cfg, resuming=cfg.resume is not False).run_name)
     cmd = launch_command(cfg)
     print("launching:", " ".join(cmd))
     subprocess.run(cmd, check=True)
