@@ -171,7 +171,11 @@ def prepare_harness(cfg):
     include = cfg.harness_include_path
     if include and not Path(include).is_dir():
         raise FileNotFoundError(f"harness_include_path={include!r} is not a folder of lm-eval task YAMLs")
-    task_manager = TaskManager(include_path=str(include) if include else None)
+    task_manager = None
+    if include:  # tasks all of your own: only that folder is indexed (lm-eval's thousands of YAMLs take ~10 s)
+        own = TaskManager(include_path=str(include), include_defaults=False)
+        task_manager = own if all(t in own.all_tasks for t in cfg.harness_tasks) else None
+    task_manager = task_manager or TaskManager(include_path=str(include) if include else None)
     missing = [t for t in cfg.harness_tasks if t not in task_manager.all_tasks]
     if missing:
         raise ValueError(f"harness_tasks: lm-eval knows no task(s) {', '.join(map(repr, missing))}"

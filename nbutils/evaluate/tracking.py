@@ -42,7 +42,10 @@ def log_mlflow(info: dict, metrics: dict[str, float], step: int) -> str:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
+    uri = info["tracking_uri"]
+    if uri.startswith("file:"):   # 04's default local store: MLflow 3 keeps it behind an opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=uri)
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, step) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):

@@ -98,8 +98,10 @@ class Tracking:
             if self.resumed.get("wandb", {}).get("run_id"):
                 env.update({"WANDB_RUN_ID": self.resumed["wandb"]["run_id"], "WANDB_RESUME": "allow"})
         if "mlflow" in self.report_to:
-            env.update({"MLFLOW_TRACKING_URI": (Path(self.tracking_dir) / "mlruns").resolve().as_uri(),
-                        "MLFLOW_EXPERIMENT_NAME": DEFAULT_PROJECT})
+            env.update({"MLFLOW_EXPERIMENT_NAME": DEFAULT_PROJECT})
+            if not os.environ.get("MLFLOW_TRACKING_URI"):   # MLflow 3 keeps its file store behind an opt-in
+                env.update({"MLFLOW_TRACKING_URI": (Path(self.tracking_dir) / "mlruns").resolve().as_uri(),
+                            "MLFLOW_ALLOW_FILE_STORE": "true"})
             if self.resumed.get("mlflow", {}).get("run_id"):
                 env["MLFLOW_RUN_ID"] = self.resumed["mlflow"]["run_id"]
         return {k: v for k, v in env.items() if not os.environ.get(k)}

@@ -71,7 +71,7 @@ ROWS = [{"Instruction": f"What does paper {i} propose?", "Input": "", "Output": 
 
 
 def make_adapter(model_dir: Path, out: Path, scale: float = 0.2) -> Path:
-    """A LoRA adapter on the embedded model with random B weights (stands in for 04's), trained with alpaca."""
+    """A LoRA adapter on `model_dir` with random B weights (stands in for 04's), trained with alpaca."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,9 +130,12 @@ def test_alpaca_template_renders_lm_evals_turns_as_the_training_prompt():
     assert prefix.endswith("### Response:\nThe answer is")
 
 
+@pytest.mark.slow  # the unknown name makes lm-eval index its thousands of task YAMLs (~30 s here)
 def test_an_unknown_task_and_a_missing_folder_stop_before_any_work(tmp_path):
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), harness_tasks=["local_mcq"],
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), harness_tasks=["local_mc", "local_gen"],
                                     harness_include_path=str(write_local_tasks(tmp_path / "tasks")))
+    assert set(hz.prepare_harness(cfg).all_tasks) == {"local_mc", "local_gen"}   # only the folder indexed
+    cfg.harness_tasks = ["local_mcq"]
     with pytest.raises(ValueError, match="knows no task.*'local_mcq'.*harness_include_path"):
         hz.prepare_harness(cfg)
     cfg.harness_include_path = str(tmp_path / "nowhere")
@@ -142,12 +145,29 @@ def test_an_unknown_task_and_a_missing_folder_stop_before_any_work(tmp_path):
     assert "arc_easy" in ev.EvalConfig.from_params(profile="full").harness_tasks
 
 
-def test_templated_lm_gives_lm_eval_the_training_template(embedded_model_path):
+@pytest.fixture(scope="module")
+def tiny_base(embedded_model_path, tmp_path_factory) -> Path:
+    """A two-layer random Llama with the embedded model's tokenizer (chat template included): the real harness
+    path at a size the 2-core test machine runs in seconds."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(embedded_model_path)
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    folder = tmp_path_factory.mktemp("base") / "tiny-smol"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_templated_lm_gives_lm_eval_the_training_template(tiny_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     turn = [{"role": "user", "content": "Q: What is 2 plus 2?\nA:"}]
     assert hz.make_lm(model, tok, "alpaca", 2).apply_chat_template(turn) == alpaca_prompt(turn[0]["content"])
     chat = hz.make_lm(model, tok, "chat", 2).apply_chat_template(turn)
@@ -156,13 +176,12 @@ def test_templated_lm_gives_lm_eval_the_training_template(embedded_model_path):
 
 
 @pytest.mark.slow
-def test_harness_runs_base_and_tuned_offline_reports_and_resumes(data_dir_with_model, embedded_model_path,
-                                                                  monkeypatch):
-    d = data_dir_with_model
+def test_harness_runs_base_and_tuned_offline_reports_and_resumes(tmp_path, tiny_base, monkeypatch):
+    d = tmp_path
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ROWS * 4))
-    make_adapter(embedded_model_path, d / "models" / "adapter")
+    make_adapter(tiny_base, d / "models" / "adapter")
     tasks = write_local_tasks(d / "tasks")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), max_examples=2, max_new_tokens=4, batch_size=2,
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), base_model=str(tiny_base), max_examples=2, max_new_tokens=4, batch_size=2,
                                     n_bootstrap=100, harness_tasks=["local_mc", "local_gen"], harness_limit=4,
                                     harness_include_path=str(tasks))
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
