@@ -8,6 +8,8 @@
     metrics.py     ROUGE, BLEU, lengths -> bootstrap specs
     bootstrap.py   the paired bootstrap
     judge.py       optional pairwise LLM judge
+    harness.py     lm-evaluation-harness tasks on base and tuned (general ability), the stderr verdict
+    tracking.py    05's metrics into the tracker runs 04 recorded
     report.py      reports/: table, examples, report.md, plots, metrics.json
     stage.py       run(cfg) -> EvalResult
 """
@@ -16,6 +18,7 @@ from .config import EvalConfig
 from .data import load_eval_examples, recorded_template, resolve_template
 from .generation import (GenParams, PredictionCache, clean_answer, cut_at_stop, generate_answers, generate_batch,
                          left_pad, length_sorted_batches)
+from .harness import harness_markdown, run_harness
 from .judge import judge_metrics, judge_pairwise, parse_verdict
 from .metrics import ROUGE_METRIC_DIR, bleu_stats, corpus_bleu_from_stats, rouge_scores
 from .model import AdapterBaseMismatch, check_adapter, check_adapter_base, load_model_with_adapter
@@ -29,4 +32,4 @@ __all__ = ["EvalConfig", "EvalResult", "run", "check_adapter", "check_adapter_ba
            "generate_batch", "length_sorted_batches", "left_pad", "cut_at_stop", "clean_answer", "reference_nll",
            "ROUGE_METRIC_DIR", "rouge_scores", "bleu_stats", "corpus_bleu_from_stats", "MetricSpec", "mean_spec",
            "ratio_spec", "paired_bootstrap", "judge_pairwise", "judge_metrics", "parse_verdict", "metrics_table",
-           "render_report", "examples_markdown", "show_examples"]
+           "render_report", "examples_markdown", "show_examples", "harness_markdown", "run_harness"]

@@ -229,3 +229,10 @@ def finish_trackers(tracking: Tracking) -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def tensorboard_logdir(log: dict, tracking_dir: str | Path) -> str | None:
+    """The folder to point TensorBoard at (tracking_dir: every run side by side) when this run logged there."""
+    if "tensorboard" not in (log.get("tracking") or {}).get("report_to", []) or not installed("tensorboard"):
+        return None
+    return str(tracking_dir)
