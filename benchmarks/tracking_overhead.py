@@ -90,7 +90,8 @@ def time_stage(args, base: Path, data_dir: Path, case: str, trackers: list[str],
     train(cfg, extra_callbacks=[timer], verbose=False)
     steps = timer.times[args.warmup:]
     return {"case": case, "run": run, "report_to": trackers, "mean_step_s": statistics.fmean(steps),
-            "median_step_s": statistics.median(steps), "stdev_step_s": statistics.stdev(steps) if len(steps) > 1 else 0.0,
+            "median_step_s": statistics.median(steps),
+            "stdev_step_s": statistics.stdev(steps) if len(steps) > 1 else 0.0,
             "steps_timed": len(steps)}
 
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
         r["vs_none_pct"] = round(100 * (r["mean_step_s"] - ref) / ref, 2)
     per_log = time_on_log(tmp / "onlog", args.on_log_calls)
     out = {"shape": args.shape, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-           "profile": args.profile, "reference_step_s": round(ref, 4), "steps": args.steps, "warmup": args.warmup, "logging_steps": args.logging_steps,
+           "profile": args.profile, "reference_step_s": round(ref, 4), "steps": args.steps, "warmup": args.warmup,
+           "logging_steps": args.logging_steps,
            "batch": args.batch, "max_length": args.max_length, "none_drift_pct": round(
                100 * (max(none) - min(none)) / ref, 2) if len(none) > 1 else None,
            "stage": runs, "skipped_not_installed": skipped, "on_log_ms": per_log,

@@ -220,7 +220,8 @@ def harness_markdown(h: dict | None) -> str:
     lines = ["## General ability (lm-evaluation-harness)",
              f"lm-eval {h['lm_eval_version']}, the same tasks on the base (adapter off) and the tuned model, prompts "
              f"in the training template `{h['template']}`, at most {h['limit'] or 'all'} examples per task. Values "
-             f"± lm-eval's stderr; the interval of tuned − base is ±{NormalDist().inv_cdf(0.5 + h['confidence'] / 2):.2f}"
+             f"± lm-eval's stderr; the interval of tuned − base is "
+             f"±{NormalDist().inv_cdf(0.5 + h['confidence'] / 2):.2f}"
              " × √(se_base² + se_tuned²).",
              f"| task | metric | n | base | tuned | tuned − base | {level}% interval | dropped? |",
              "|---|---|---:|---:|---:|---:|---|---|"]

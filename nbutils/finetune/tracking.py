@@ -20,11 +20,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -69,7 +70,7 @@ def default_run_name(profile: str) -> str:
     run_dir = os.environ.get(RUN_DIR_ENV)
     if run_dir and Path(run_dir).name:
         return Path(run_dir).name
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{profile}"
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{profile}"
 
 
 @dataclass
@@ -112,7 +113,8 @@ class Tracking:
         where = {"tensorboard": f"TensorBoard in {self.tensorboard_dir}",
                  "wandb": f"W&B project {os.environ.get('WANDB_PROJECT') or DEFAULT_PROJECT} "
                           f"({os.environ.get('WANDB_MODE') or 'online'})",
-                 "mlflow": f"MLflow at {os.environ.get('MLFLOW_TRACKING_URI') or self.environment().get('MLFLOW_TRACKING_URI')}"}
+                 "mlflow": "MLflow at " + (os.environ.get("MLFLOW_TRACKING_URI")
+                                           or self.environment().get("MLFLOW_TRACKING_URI", ""))}
         return (f"tracking run {self.run_name!r}: " + "; ".join(where[t] for t in self.report_to)
                 + "".join(f"\n  note: {n}" for n in self.notes))
 

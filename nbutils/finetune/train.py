@@ -14,7 +14,7 @@ from .data import choose_pad_token, describe_truncation, load_training_data, tru
 from .report import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, resolve_runtime
-from .tracking import Tracking, TrackerRecorder, finish_trackers, plan_tracking, tracker_environment
+from .tracking import TrackerRecorder, Tracking, finish_trackers, plan_tracking, tracker_environment
 
 
 # ------------------------------------------------------------------------------------------------ the model

@@ -91,7 +91,8 @@ def make_adapter(model_dir: Path, out: Path, scale: float = 0.2) -> Path:
 
 def lm_eval_result(values: dict[str, tuple[float, float]], metric: str = "acc", n: int = 100) -> dict:
     """The shape of simple_evaluate's answer for tasks -> (value, stderr)."""
-    return {"results": {t: {"alias": t, f"{metric},none": v, f"{metric}_stderr,none": s} for t, (v, s) in values.items()},
+    return {"results": {t: {"alias": t, f"{metric},none": v, f"{metric}_stderr,none": s}
+                        for t, (v, s) in values.items()},
             "higher_is_better": {t: {metric: True} for t in values},
             "n-samples": {t: {"original": n, "effective": n} for t in values}}
 
@@ -181,7 +182,8 @@ def test_harness_runs_base_and_tuned_offline_reports_and_resumes(tmp_path, tiny_
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ROWS * 4))
     make_adapter(tiny_base, d / "models" / "adapter")
     tasks = write_local_tasks(d / "tasks")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), base_model=str(tiny_base), max_examples=2, max_new_tokens=4, batch_size=2,
+    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), base_model=str(tiny_base), max_examples=2,
+                                    max_new_tokens=4, batch_size=2,
                                     n_bootstrap=100, harness_tasks=["local_mc", "local_gen"], harness_limit=4,
                                     harness_include_path=str(tasks))
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
