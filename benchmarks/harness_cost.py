@@ -12,7 +12,8 @@ tasks' data needs the hub): arc_easy-like (200 docs, short question, 4 short cho
 choices), `--limit` per task like harness_limit. Random weights never emit EOS, so every answer runs to
 max_new_tokens: 05's time is measured at the cap (`--max-new-tokens`, the full profile's 512, its worst case)
 and again, without the harness, at `--typical-new-tokens` (about a real answer's length). Prints and writes
-seconds for 05 without the harness, the harness, and the added share for both answer lengths.
+seconds for 05 without the harness, the harness, the added share for both answer lengths, 05's seconds per
+example and the split size at which the harness adds 20 % (its cost is fixed; 05's grows with the split).
 """
 from __future__ import annotations
 
@@ -89,8 +90,13 @@ def build_model(shape: str, tokenizer_dir: str, base_dir: Path, device: str):
     cfg.save_pretrained(base_dir)
     tok.save_pretrained(base_dir)
     torch.manual_seed(0)
-    with torch.device(device):
-        base = LlamaForCausalLM(cfg).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)   # built in its dtype on the device: no fp32 copy of an 8B model first
+    try:
+        with torch.device(device):
+            base = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, target_modules=list(LORA_TARGETS),
                                             task_type="CAUSAL_LM"))
     with torch.no_grad():
@@ -145,12 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
            "harness_tasks": {k: v["n"] for k, v in r["harness"]["tasks"].items()}, "harness_limit": args.limit,
            "at_cap": {"max_new_tokens": args.max_new_tokens, "seconds_05_without_harness": round(total - harness, 1),
                       "seconds_harness": harness, "added_pct": round(100 * harness / (total - harness), 1)}}
+    n = r["n_examples"]
+    out["at_cap"]["seconds_05_per_example"] = round((total - harness) / n, 3)
+    out["at_cap"]["examples_for_20pct"] = int(harness / 0.2 / ((total - harness) / n)) + 1
     if args.typical_new_tokens:
         cfg2 = ev.EvalConfig.from_params(max_new_tokens=args.typical_new_tokens, harness_tasks=[], **common)
         r2 = ev.run(cfg2, model=model, tok=tok, verbose=False).report
         t2 = r2["runtime"]["seconds_total"]
         out["typical"] = {"max_new_tokens": args.typical_new_tokens, "seconds_05_without_harness": t2,
-                          "seconds_harness": harness, "added_pct": round(100 * harness / t2, 1)}
+                          "seconds_harness": harness, "added_pct": round(100 * harness / t2, 1),
+                          "seconds_05_per_example": round(t2 / n, 3),
+                          "examples_for_20pct": int(harness / 0.2 / (t2 / n)) + 1}
     print(json.dumps(out, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
