@@ -33,21 +33,28 @@ CASES = {"none": ["none"], "tensorboard": ["tensorboard"], "mlflow": ["mlflow"],
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step (GPU synchronised at its end)."""
+    """Wall time from one optimizer step's start to the next one's (so the logging after a step, where the trackers
+    work, is inside it), the GPU synchronised at each mark; the last step ends at on_train_end."""
 
     def __init__(self):
         self.times: list[float] = []
-        self._t = 0.0
+        self._t: float | None = None
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
+    def _mark(self) -> None:
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._t)
+        now = time.perf_counter()
+        if self._t is not None:
+            self.times.append(now - self._t)
+        self._t = now
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._mark()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._mark()
 
 
 def build_base(shape: str, tokenizer_dir: str, folder: Path) -> Path:
