@@ -24,18 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import SHAPES, build_random_model
 from nbutils.finetune.config import LORA_TARGETS
 
-SHAPES = {
-    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                      rope_theta=500000.0, tie_word_embeddings=False),
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_theta=100000.0, tie_word_embeddings=True),
-    "tiny": dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
-}
 # (task, docs, context words, words per choice): the default set's shapes
 TASKS = [("arc_like", 200, 25, 4), ("hellaswag_like", 200, 60, 25), ("mmlu_ml_like", 112, 70, 8),
          ("mmlu_ccs_like", 100, 70, 8)]
@@ -78,25 +69,17 @@ def build_model(shape: str, tokenizer_dir: str, base_dir: Path, device: str):
     (05 fingerprints it), the weights random on the device."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, rms_norm_eps=1e-5)
-    cfg.save_pretrained(base_dir)
+    shape_cfg = {**SHAPES[shape], "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                 "pad_token_id": tok.pad_token_id}
+    base = build_random_model(shape_cfg, device)   # in its dtype, on the device (no fp32 copy of an 8B model)
+    base.config.save_pretrained(base_dir)
     tok.save_pretrained(base_dir)
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)   # built in its dtype on the device: no fp32 copy of an 8B model first
-    try:
-        with torch.device(device):
-            base = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(default)
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, target_modules=list(LORA_TARGETS),
                                             task_type="CAUSAL_LM"))
     with torch.no_grad():
@@ -152,14 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     def time_05(new_tokens: int) -> dict:
         """05 as the stage runs it (answers, NLL, bootstrap, reports), without the harness."""
-        cfg = ev.EvalConfig.from_params(max_new_tokens=new_tokens, harness_tasks=[], **common)
+        cfg = ev.EvaluateConfig.from_params(max_new_tokens=new_tokens, harness_tasks=[], **common)
         r = ev.run(cfg, model=model, tok=tok, verbose=False).report
         out.update(examples=r["n_examples"], batch_size=cfg.batch_size, engine=r["generation"]["engine"])
         return {"max_new_tokens": new_tokens, "seconds_05_without_harness": r["runtime"]["seconds_total"]}
 
     out["at_cap"] = time_05(args.max_new_tokens)
     save()   # a run cut short still leaves 05's figure
-    cfg = ev.EvalConfig.from_params(max_new_tokens=args.max_new_tokens, harness_tasks=tasks, harness_limit=args.limit,
+    cfg = ev.EvaluateConfig.from_params(max_new_tokens=args.max_new_tokens, harness_tasks=tasks, harness_limit=args.limit,
                                     harness_include_path=str(tmp / "tasks"), **common)
     t = time.time()
     h = hz.run_harness(cfg, model, tok, "alpaca", "bench", hz.prepare_harness(cfg), verbose=False)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from benchmarks.harness_cost import SHAPES, VOCAB
+from benchmarks.common import SHAPES, build_random_model
+from benchmarks.harness_cost import VOCAB
 
 CASES = {"none": ["none"], "tensorboard": ["tensorboard"], "mlflow": ["mlflow"], "wandb": ["wandb"],
          "all": ["tensorboard", "mlflow", "wandb"]}
@@ -57,15 +58,13 @@ class StepTimer(TrainerCallback):
         self._mark()
 
 
-def build_base(shape: str, tokenizer_dir: str, folder: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def build_base(shape: str, tokenizer_dir: str, folder: Path, device: str) -> Path:
+    """A random-weight model of `shape` with the given tokenizer, saved to `folder` (04 loads it by path)."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      rms_norm_eps=1e-5)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)
+    build_random_model({**SHAPES[shape], "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id},
+                       device, folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = tmp / "data"
     data_dir.mkdir()
     write_rows(data_dir, args.steps * args.batch + 8, answer_words=args.max_length // 3)
-    base = build_base(args.shape, args.tokenizer, tmp / "base")
+    base = build_base(args.shape, args.tokenizer, tmp / "base", "cuda" if torch.cuda.is_available() else "cpu")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     runs, skipped = [], []

@@ -31,7 +31,6 @@ SMOLLM2 = EmbeddedModel(
     folder="SmolLM2-135M-Instruct",
 )
 EMBEDDED_MODELS = {SMOLLM2.hub_id: SMOLLM2, SMOLLM2.folder: SMOLLM2, "embedded": SMOLLM2}
-DEFAULT_EMBEDDED = SMOLLM2.hub_id
 COMPLETE_MARKER = ".nbutils-complete"
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nbutils.config import StageConfig, option
+from nbutils.decoding.params import GenParams
+from nbutils.finetune.config import EVAL_BF16_MIN_GPU_GIB
 
 JUDGE_BACKENDS = ("", "groq", "openai", "local")
 # lm-eval's standard tasks (data from the Hugging Face hub): a quick general-ability set; two MMLU subjects near the
@@ -13,12 +15,14 @@ HARNESS_TASKS = ["arc_easy", "hellaswag", "mmlu_machine_learning", "mmlu_college
 
 
 @dataclass
-class EvalConfig(StageConfig):
+class EvaluateConfig(StageConfig):
     """Base vs tuned on the held-out split: generation, scoring, bootstrap and the optional judge."""
 
     PROFILE_OVERRIDES: ClassVar[dict] = {
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
                  "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024, "harness_tasks": []},
+        # the original's loop: one example per HF generate, sampled (temperature/top_p 0.5), 4-bit base
+        "original": {"do_sample": True, "batch_size": 1, "engine": "plain", "load_in_4bit": True, "harness_tasks": []},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "adapter_dir": "adapter", "reports_dir": "reports",
                                    "cache_dir": "cache"}
@@ -40,7 +44,8 @@ class EvalConfig(StageConfig):
     temperature: float = option(0.5, "used only when do_sample (the original's value)")
     top_p: float = option(0.5, "used only when do_sample (the original's value)")
     seed: int = option(42, "sampling and bootstrap seed")
-    load_in_4bit: bool | None = option(None, "None: 4-bit only on a CUDA GPU with < 40 GiB; bf16 otherwise")
+    load_in_4bit: bool | None = option(None, f"None: 4-bit only on a CUDA GPU with < {EVAL_BF16_MIN_GPU_GIB:g} GiB; "
+                                             "bf16 otherwise")
     static_cache: bool = option(False, "plain path only: generate(cache_implementation='static')")
     engine: str = option("auto", "generation engine: auto (static KV cache + CUDA graphs, adapter merged, on a GPU; "
                          "plain HF generate on CPU), plain or static", choices=("auto", "plain", "static"))
@@ -63,3 +68,8 @@ class EvalConfig(StageConfig):
     harness_batch_size: int = option(0, "requests per forward in lm-eval; 0: same as batch_size")
     log_to_tracker: bool = option(True, "log 05's metrics to the tracker runs 04 recorded in train_log.json "
                                   "(TensorBoard, MLflow, W&B)")
+
+    def gen_params(self) -> GenParams:
+        """The decoding settings of both passes (base and tuned)."""
+        return GenParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                         top_p=self.top_p, seed=self.seed, static_cache=self.static_cache)

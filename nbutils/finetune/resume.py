@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..io import read_json, sha256_text, write_json
@@ -118,7 +118,7 @@ def plan_resume(cfg: FinetuneConfig, record: dict) -> ResumePlan:
 def set_aside(checkpoint_dir: str | Path) -> Path:
     """Move checkpoint_dir to `<name>.old-<UTC time>` next to it (a new name each time) and return that path."""
     d = Path(checkpoint_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target, n = d.with_name(f"{d.name}.old-{stamp}"), 1
     while target.exists():
         n += 1

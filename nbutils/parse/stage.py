@@ -16,7 +16,7 @@ from typing import Any
 from ..io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json, write_jsonl
 from .chunk import chunk_text
 from .config import ParseConfig
-from .report import ParseResult, summarize
+from .result import ParseResult, summarize
 from .workers import run_pool
 
 

@@ -133,7 +133,7 @@ def test_alpaca_template_renders_lm_evals_turns_as_the_training_prompt():
 
 @pytest.mark.slow  # the unknown name makes lm-eval index its thousands of task YAMLs (~30 s here)
 def test_an_unknown_task_and_a_missing_folder_stop_before_any_work(tmp_path):
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), harness_tasks=["local_mc", "local_gen"],
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), harness_tasks=["local_mc", "local_gen"],
                                     harness_include_path=str(write_local_tasks(tmp_path / "tasks")))
     assert set(hz.prepare_harness(cfg).all_tasks) == {"local_mc", "local_gen"}   # only the folder indexed
     cfg.harness_tasks = ["local_mcq"]
@@ -142,8 +142,8 @@ def test_an_unknown_task_and_a_missing_folder_stop_before_any_work(tmp_path):
     cfg.harness_include_path = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         hz.prepare_harness(cfg)
-    assert ev.EvalConfig.from_params(profile="demo").harness_tasks == []        # off in demo (no local data)
-    assert "arc_easy" in ev.EvalConfig.from_params(profile="full").harness_tasks
+    assert ev.EvaluateConfig.from_params(profile="demo").harness_tasks == []        # off in demo (no local data)
+    assert "arc_easy" in ev.EvaluateConfig.from_params(profile="full").harness_tasks
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_harness_runs_base_and_tuned_offline_reports_and_resumes(tmp_path, tiny_
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(ROWS * 4))
     make_adapter(tiny_base, d / "models" / "adapter")
     tasks = write_local_tasks(d / "tasks")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), base_model=str(tiny_base), max_examples=2,
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(d), base_model=str(tiny_base), max_examples=2,
                                     max_new_tokens=4, batch_size=2,
                                     n_bootstrap=100, harness_tasks=["local_mc", "local_gen"], harness_limit=4,
                                     harness_include_path=str(tasks))

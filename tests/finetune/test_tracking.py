@@ -145,7 +145,7 @@ def test_04_tracks_in_tensorboard_mlflow_and_wandb_offline_resumes_the_same_runs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
 
     # 05 logs its metrics into the runs 04 recorded
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), base_model=str(base), max_examples=2,
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(d), base_model=str(base), max_examples=2,
                                     max_new_tokens=3, batch_size=2, n_bootstrap=50)
     result = ev.run(cfg, verbose=False)
     done = result.report["tracking"]
