@@ -9,10 +9,10 @@ Biases, MLflow, several at once, or none.
   runs); W&B's files in `<tracking_dir>/<run name>/` (WANDB_DIR), project WANDB_PROJECT or "nbutils"; MLflow's file
   store `<tracking_dir>/mlruns` when MLFLOW_TRACKING_URI is unset, experiment MLFLOW_EXPERIMENT_NAME or "nbutils".
   Keys come from the environment only (WANDB_API_KEY, MLflow's own variables); WANDB_MODE=offline works offline.
-- Hyperparameters: transformers logs the TrainingArguments and the model config; `TrackerRecorder` adds the
-  resolved FinetuneConfig and the runtime choices (device, dtype, attention, packing, memory mode...) and records
-  each tracker's run id, which train_log.json carries (its "tracking" entry) so that 05 logs its metrics to the same
-  run (nbutils.evaluate.tracking).
+- Hyperparameters: transformers logs the TrainingArguments and the model config; `TrackerRecorder`
+  (callbacks.py) adds the resolved FinetuneConfig and the runtime choices (device, dtype, attention, packing,
+  memory mode...) and records each tracker's run id, which train_log.json carries (its "tracking" entry) so that
+  05 logs its metrics to the same run (nbutils.evaluate.tracking).
 A tracker whose package is not installed is left out with a note (the run goes on untracked by it).
 """
 from __future__ import annotations
@@ -27,9 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
-from ..io import read_json, write_json
+from ..io import read_json
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -152,76 +150,6 @@ def flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
         text = v if isinstance(v, str) else json.dumps(v, default=str)
         out[f"{prefix}.{k}"] = text if len(text) <= MLFLOW_PARAM_CHARS else text[:MLFLOW_PARAM_CHARS - 1] + "…"
     return out
-
-
-class TrackerRecorder(TrainerCallback):
-    """After the integrations set up their runs (they come first in the callback list): logs the resolved config
-    and runtime as hyperparameters and records each run's id (`self.record`, also written to
-    checkpoint_dir/tracking.json so a resumed run continues the same tracker runs)."""
-
-    def __init__(self, tracking: Tracking, config: dict, runtime: dict, checkpoint_dir: str | Path):
-        self.tracking, self.config, self.runtime = tracking, config, runtime
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.record: dict[str, Any] = {"run_name": tracking.run_name, "report_to": list(tracking.report_to)}
-        self.integrations: list = []
-
-    def bind(self, callbacks: list) -> None:
-        """The trainer's callbacks: the integration objects are found among them (and pointed at our folders)."""
-        self.integrations = list(callbacks)
-        for cb in self.integrations:
-            if type(cb).__name__ == "TensorBoardCallback":
-                cb.logging_dir = str(self.tracking.tensorboard_dir)
-
-    def _find(self, name: str):
-        return next((cb for cb in self.integrations if type(cb).__name__ == name), None)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        hparams = {"config": self.config, "runtime": self.runtime}
-        if "tensorboard" in self.tracking.report_to:
-            self._tensorboard(hparams)
-        if "wandb" in self.tracking.report_to:
-            self._wandb(hparams)
-        if "mlflow" in self.tracking.report_to:
-            self._mlflow(hparams)
-        write_json(self.checkpoint_dir / TRACKING_FILE, self.record)
-
-    def _tensorboard(self, hparams: dict) -> None:
-        cb = self._find("TensorBoardCallback")
-        writer = getattr(cb, "tb_writer", None)
-        if writer is None:
-            return
-        for key, values in hparams.items():
-            writer.add_text(f"nbutils/{key}", "```json\n" + json.dumps(values, indent=1, default=str) + "\n```")
-        writer.flush()
-        self.record["tensorboard"] = {"log_dir": str(Path(writer.log_dir).resolve())}
-
-    def _wandb(self, hparams: dict) -> None:
-        import wandb
-
-        if wandb.run is None:
-            return
-        wandb.config.update({f"nbutils_{k}": v for k, v in hparams.items()}, allow_val_change=True)
-        run = wandb.run
-        self.record["wandb"] = {"run_id": run.id, "project": run.project, "entity": run.entity,
-                                "dir": str(Path(run.dir).resolve().parent.parent),
-                                "mode": os.environ.get("WANDB_MODE", "online"), "url": getattr(run, "url", None)}
-
-    def _mlflow(self, hparams: dict) -> None:
-        import mlflow
-
-        run = mlflow.active_run()
-        if run is None:
-            return
-        if not self.tracking.resumed.get("mlflow"):   # params are write-once in MLflow: a resumed run has them
-            params = {**flat_params("nbutils.config", hparams["config"]),
-                      **flat_params("nbutils.runtime", hparams["runtime"])}
-            items = list(params.items())
-            for i in range(0, len(items), 100):      # at most 100 per call
-                mlflow.log_params(dict(items[i:i + 100]))
-        self.record["mlflow"] = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                                 "tracking_uri": mlflow.get_tracking_uri()}
 
 
 def finish_trackers(tracking: Tracking) -> None:

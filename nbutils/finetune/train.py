@@ -14,7 +14,7 @@ from .data import choose_pad_token, describe_truncation, load_training_data, tru
 from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, resolve_runtime
-from .tracking import TrackerRecorder, Tracking, finish_trackers, plan_tracking, tracker_environment
+from .tracking import Tracking, finish_trackers, plan_tracking, tracker_environment
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -111,7 +111,7 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
     logs the config and runtime and records the runs' ids."""
     import torch
 
-    from .callbacks import StopOnNonFiniteLoss
+    from .callbacks import StopOnNonFiniteLoss, TrackerRecorder
     from .trainer import SyncFreeSFTTrainer
 
     callbacks = [StopOnNonFiniteLoss(), *callbacks]
@@ -276,6 +276,8 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
         finally:
             finish_trackers(tracking)
     train_s = time.time() - t_train
+    from .callbacks import TrackerRecorder
+
     recorder = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrackerRecorder)), None)
     log = {
         "base_model": cfg.base_model, "base_model_path": resolve_model_path(cfg.base_model, cfg.data_dir),
