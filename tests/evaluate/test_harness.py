@@ -11,6 +11,7 @@ import pytest
 from nbutils import evaluate as ev
 from nbutils.evaluate import harness as hz
 from nbutils.templates import alpaca_prompt
+from tests.support.tiny_base import tiny_base as make_tiny_base
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'lm-eval>=0.4.13')")
 
@@ -148,20 +149,7 @@ def test_an_unknown_task_and_a_missing_folder_stop_before_any_work(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_base(embedded_model_path, tmp_path_factory) -> Path:
-    """A two-layer random Llama with the embedded model's tokenizer (chat template included): the real harness
-    path at a size the 2-core test machine runs in seconds."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_path)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    folder = tmp_path_factory.mktemp("base") / "tiny-smol"
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_base(tmp_path_factory.mktemp("base") / "tiny-smol", embedded_model_path)
 
 
 def test_templated_lm_gives_lm_eval_the_training_template(tiny_base):

@@ -11,9 +11,8 @@ import pytest
 
 from nbutils.finetune import FinetuneConfig
 from nbutils.finetune import tracking as tk
-
-TOPICS = ["graph neural networks", "diffusion models", "protein folding", "quantum error correction",
-          "sparse attention", "federated learning", "speech recognition", "causal inference"]
+from tests.support.finetune import TOPICS
+from tests.support.tiny_base import tiny_base
 
 
 def test_report_to_accepts_several_refuses_unknown_and_leaves_out_missing(monkeypatch):
@@ -56,21 +55,6 @@ def test_sft_config_reports_to_the_chosen_trackers_under_the_run_name(tmp_path):
     assert tr.build_sft_config(cfg, rt, False).report_to == []     # no tracking: nothing reported
 
 
-def tiny_base(folder: Path, tokenizer_dir: Path) -> Path:
-    """A two-layer random Llama with the embedded model's tokenizer (a fast stand-in base)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -105,7 +89,7 @@ def test_04_tracks_in_tensorboard_mlflow_and_wandb_offline_resumes_the_same_runs
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(tk.RUN_DIR_ENV, raising=False)
     d = tmp_path / "data"
-    base = tiny_base(d / "models" / "base" / "tiny-smol", embedded_model_path)
+    base = tiny_base(d / "models" / "base" / "tiny-smol", embedded_model_path, max_positions=512)
     rows = [{"Instruction": f"What does the paper on {t} address?", "Input": "",
              "Output": f"The paper on {t} addresses the cost of training {t} models."} for t in TOPICS]
     (d / "arxiv_instruction_dataset.json").write_text(json.dumps(rows * 2))
