@@ -21,7 +21,8 @@ memory mode chosen from the GPU's memory (config.py holds the thresholds). Its d
 
 Modules: config (knobs, thresholds), runtime (what this machine does), data, callbacks, resume, tracking
 (report_to: TensorBoard / W&B / MLflow, run ids for 05), train (one process), result (log, plot, FinetuneResult),
-stage (run: here or under accelerate), trainer (SyncFreeSFTTrainer),
+stage (run: here or under accelerate), fsdp (DDP or FSDP-QLoRA over one host's GPUs: the memory arithmetic, the
+launch flags, the sharded adapter save), trainer (SyncFreeSFTTrainer),
 __main__ (`python -m nbutils.finetune`, also under `accelerate launch -m nbutils.finetune`).
 Outputs under data_dir/models/: adapter/ (PEFT adapter + tokenizer + train_log.json + loss.png), checkpoints/,
 optionally merged/.

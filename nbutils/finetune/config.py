@@ -28,7 +28,13 @@ MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_
 # Stage 05 (load_in_4bit=None) loads its base in bf16 on a CUDA GPU with at least this much memory, in 4-bit below
 # (bf16 keeps the adapter attached without dequantising in every matmul; Llama-3-8B's bf16 weights are 16 GB).
 EVAL_BF16_MIN_GPU_GIB = 40.0
+# multi_gpu="auto" plans DDP or FSDP from an estimate of each GPU's memory (nbutils/finetune/fsdp.py) against this
+# fraction of the card (the allocator's fragmentation and the CUDA context take the rest).
+FSDP_USABLE_GPU_FRACTION = 0.9
+# nf4 with double quantisation: 4 bits + the blocks' scales (fp8 per 64 weights, fp32 per 256 blocks) per weight.
+NF4_BITS_PER_WEIGHT = 4.127
 AUTO = "auto"
+MULTI_GPU_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -122,8 +128,10 @@ class FinetuneConfig(StageConfig):
                                       "files, the MLflow file store mlruns/ when MLFLOW_TRACKING_URI is unset)")
     attn_implementation: str | None = option(None, "None: flash_attention_2 when usable, else on CUDA sdpa_varlen "
                                              "(PyTorch's flash varlen kernel) when packing, else sdpa")
-    multi_gpu: bool | str = option(AUTO, "auto: more than one visible GPU -> accelerate launch (DDP)",
-                                   choices=(AUTO,))
+    multi_gpu: bool | str = option(AUTO, "auto (or True): more than one visible GPU -> accelerate launch, DDP when a "
+                                   "replica fits one GPU, else FSDP-QLoRA sharded over the GPUs (the arithmetic is "
+                                   "printed); 'ddp' or 'fsdp' forces the mode; False: one process",
+                                   choices=(AUTO, *MULTI_GPU_MODES))
     num_processes: int | None = option(None, "GPUs for accelerate launch (None: all visible)")
     dataset_dir: str | None = option(None, "None: data_dir/dataset")
     output_dir: str | None = option(None, "the adapter folder; None: data_dir/models/adapter")

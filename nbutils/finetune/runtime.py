@@ -44,12 +44,13 @@ class Runtime:
     memory_mode: str = "lean"
     memory_reason: str = ""          # why memory_mode, gradient_checkpointing and optim are what they are
     notes: list = field(default_factory=list)
+    fsdp: bool = False               # launched by accelerate with FSDP (nbutils/finetune/fsdp.py)
 
     def describe(self) -> str:
         lines = [f"device={self.device}, dtype={self.dtype}, attention={self.attn_implementation}, "
                  f"4-bit={self.load_in_4bit}, optim={self.optim}, packing={self.packing} "
                  f"(padding-free={self.padding_free}), liger={self.use_liger_kernel}, fused LoRA={self.fuse_lora}, "
-                 f"processes={self.world_size}"]
+                 f"processes={self.world_size}{' (FSDP)' if self.fsdp else ''}"]
         if self.memory_reason:
             lines.append(f"  memory: {self.memory_reason}")
         if self.load_in_4bit:
@@ -257,11 +258,14 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
     if fp16:
         notes.append("this GPU has no bf16: fp16 mixed precision, LoRA weights kept in fp32")
     packing, padding_free = resolve_packing(cfg, attn, device, notes)
-    return Runtime(device=device, dtype=str(dtype).replace("torch.", ""), attn_implementation=attn,
-                   load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
-                   padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                   gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
-                   upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
-                   keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode,
-                   memory_reason=memory_reason,
-                   notes=notes)
+    rt = Runtime(device=device, dtype=str(dtype).replace("torch.", ""), attn_implementation=attn,
+                 load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
+                 padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                 gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
+                 upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
+                 keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode,
+                 memory_reason=memory_reason,
+                 notes=notes)
+    from .fsdp import adapt_runtime, fsdp_active
+
+    return adapt_runtime(rt, cfg) if fsdp_active() else rt

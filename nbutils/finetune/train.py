@@ -24,7 +24,14 @@ def load_base_model(cfg: FinetuneConfig, rt: Runtime):
 
     from ..models import load_causal_lm
 
-    return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=getattr(torch, rt.dtype),
+    dtype = getattr(torch, rt.dtype)
+    if rt.fsdp:  # 4-bit stored in the compute dtype (FSDP shards floating tensors); 16-bit: on the CPU, and
+        # accelerate moves each rank's shards to its GPU (rank 0's weights broadcast: cpu_ram_efficient_loading)
+        return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=dtype,
+                              attn_implementation=rt.attn_implementation,
+                              device=rt.device if rt.load_in_4bit else "cpu",
+                              quant_storage=dtype if rt.load_in_4bit else None)
+    return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=dtype,
                           attn_implementation=rt.attn_implementation, device=rt.device)
 
 
@@ -100,7 +107,7 @@ def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool, tracking:
         include_num_input_tokens_seen="all" if rt.padding_free else "non_padding",
         report_to=list(tracking.report_to) if tracking and tracking.report_to else "none",
         run_name=tracking.run_name if tracking else None, disable_tqdm=False, dataloader_num_workers=0,
-        ddp_find_unused_parameters=False if rt.world_size > 1 else None,
+        ddp_find_unused_parameters=False if rt.world_size > 1 and not rt.fsdp else None,
         **eval_kwargs)
 
 
@@ -293,8 +300,13 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     }
     log["summary"] = summarise(log)
     out = Path(cfg.output_dir)
+    if rt.fsdp:  # a collective: every rank gathers the LoRA shards, rank 0 writes the adapter once
+        from .fsdp import save_adapter_sharded
+
+        save_adapter_sharded(trainer, tokenizer, out, trainer.is_world_process_zero())
     if trainer.is_world_process_zero():
-        save_adapter(trainer, tokenizer, out)
+        if not rt.fsdp:
+            save_adapter(trainer, tokenizer, out)
         if cfg.merge:
             log["merged_dir"] = str(merge_adapter(cfg, rt, out))
         log["total_s"] = round(time.time() - t_start, 1)

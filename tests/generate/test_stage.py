@@ -36,7 +36,8 @@ def env(monkeypatch, tmp_path):
 
 
 def cfg_for(data_dir, srv, **kw):
-    params = dict(base_url=srv.url, rpm=0, tpm=0, workers=4, max_attempts=3, window_chars=0)
+    params = dict(base_url=srv.url, rpm=0, tpm=0, workers=4, max_attempts=3, window_chars=0,
+                  judge=False)   # generation alone here; the judge: tests/generate/test_judge.py
     params.update(kw)
     return GenerateConfig.from_params(profile="full", data_dir=str(data_dir), **params)
 
@@ -174,7 +175,8 @@ def test_torn_cache_tail_is_repaired_and_only_that_page_recalled(env):
 KILL_SCRIPT = """
 import sys
 from nbutils.generate import GenerateConfig, run
-cfg = GenerateConfig.from_params(profile="full", data_dir=sys.argv[1], base_url=sys.argv[2], rpm=0, tpm=0, workers=2)
+cfg = GenerateConfig.from_params(profile="full", data_dir=sys.argv[1], base_url=sys.argv[2], rpm=0, tpm=0, workers=2,
+                                 judge=False)
 run(cfg)
 """
 

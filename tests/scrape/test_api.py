@@ -1,5 +1,5 @@
 """nbutils.scrape.api: recorded export-API answers; one bad Atom entry is skipped with its reason, the rest
-kept (issue 17, item 6)."""
+kept."""
 from __future__ import annotations
 
 import threading
@@ -14,7 +14,7 @@ from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
 from nbutils.scrape.api import parse_atom
 from tests.support.hostile_servers import HostileServer, atom, atom_feed
 
-FIXTURES = Path(__file__).parent / "fixtures" / "arxiv_api"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "arxiv_api"
 
 
 def make_cfg(data_dir, **kw) -> ScrapeConfig:

@@ -1,4 +1,4 @@
-"""nbutils.scrape.errors: no secret lands in what 01 prints or stores (issue 17, item 9)."""
+"""nbutils.scrape.errors: no secret lands in what 01 prints or stores."""
 from __future__ import annotations
 
 from pathlib import Path

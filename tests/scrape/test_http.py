@@ -1,5 +1,5 @@
 """nbutils.scrape.http and download: throttle and Retry-After, a time limit on the whole request, gzip-encoded
-PDFs and gzip bombs (issue 17, items 4, 9)."""
+PDFs and gzip bombs."""
 from __future__ import annotations
 
 import time

@@ -1,5 +1,5 @@
 """nbutils.scrape.stage end to end against the bundled arXiv look-alike (nbutils.demo_site, with the fault
-switches of tests/fake_arxiv.py): both backends, download faults, reruns, the demo profile."""
+switches of tests/support/fake_arxiv.py): both backends, download faults, reruns, the demo profile."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -235,5 +235,4 @@ def test_demo_profile_serves_its_own_site_and_gets_every_paper(tmp_path):
     report = read_json(cfg.report_path)
     assert report["config"]["search_url"].startswith("http://127.0.0.1:")
     assert report["elapsed_s"] < 60
-
 

@@ -1,4 +1,4 @@
-"""nbutils.scrape.store: paths read from papers.jsonl are data (issue 17, item 5)."""
+"""nbutils.scrape.store: paths read from papers.jsonl are data."""
 from __future__ import annotations
 
 import json

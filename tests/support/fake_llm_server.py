@@ -6,7 +6,10 @@ bucket (429 + Retry-After when exceeded), and a `script` of faults served to the
 dict each: {"status": 429, "retry_after": "3600"}, {"hang_s": 2}, {"raw": "<html>"}, {"choices": []},
 {"content": "  "} (an empty reply), {"drip_s": 1.0} (the reply one byte a second), {"status": 400,
 "echo_headers": True} (an error body that echoes the request's headers, Authorization included).
-It records every request it receives. Replies are deterministic triples built from the page text.
+It records every request it receives. Replies are deterministic triples built from the page text; a request
+from 03's judge (its system message) is answered by `judge` instead: `judge_verdicts` by default, which scores
+every triple shown (support 1 when its output says UNSUPPORTED, clarity 2 when its instruction says VAGUE,
+else 5).
 
     with FakeLLMServer(latency_s=0.1, rpm=600) as srv:
         os.environ["GROQ_BASE_URL"] = srv.url
@@ -36,15 +39,42 @@ def default_reply(body: dict) -> str:
     return "\n\n".join(triples)
 
 
+JUDGE_MARK = "You check instruction-tuning data"
+
+
+def is_judge_request(body: dict) -> bool:
+    return any(str(m.get("content", "")).startswith(JUDGE_MARK) for m in body.get("messages", [])
+               if m.get("role") == "system")
+
+
+def judged_triples(body: dict) -> list[dict]:
+    """The triples a judge request shows ([{id, instruction, input, output}])."""
+    text = body["messages"][-1]["content"]
+    m = re.search(r"written from this page:\n(\[.*?\n\])\n\nFor each triple", text, re.DOTALL)
+    return json.loads(m.group(1)) if m else []
+
+
+def judge_verdicts(body: dict) -> str:
+    """A well-formed verdict for every triple shown."""
+    verdicts = []
+    for t in judged_triples(body):
+        bad = "UNSUPPORTED" in t["output"]
+        verdicts.append({"id": t["id"], "support": 1 if bad else 5,
+                         "unsupported_claim": t["output"][:60] if bad else "",
+                         "clarity": 2 if "VAGUE" in t["instruction"] else 5,
+                         "reason": "not in the page" if bad else "stated on the page"})
+    return json.dumps({"verdicts": verdicts})
+
+
 class FakeLLMServer:
     """Threaded HTTP server on 127.0.0.1 (a free port); use as a context manager."""
 
     def __init__(self, latency_s: float = 0.0, rpm: float = 0, burst_s: float = 1.0,
                  script: list[dict] | None = None, reply: Callable[[dict], str] = default_reply,
-                 tpm_header: int = 300_000):
+                 tpm_header: int = 300_000, judge: Callable[[dict], str] = judge_verdicts):
         self.latency_s, self.rpm, self.burst_s = latency_s, rpm, burst_s
         self.script = deque(script or [])
-        self.reply = reply
+        self.reply, self.judge = reply, judge
         self.tpm_header = tpm_header
         self.lock = threading.Lock()
         self.requests: list[dict] = []     # {t, path, status, model}
@@ -57,9 +87,11 @@ class FakeLLMServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def count(self, status: int | None = None) -> int:
+    def count(self, status: int | None = None, judge: bool | None = None) -> int:
+        """Requests received (with this status; only the judge's / only generation's)."""
         with self.lock:
-            return sum(1 for r in self.requests if status is None or r["status"] == status)
+            return sum(1 for r in self.requests if (status is None or r["status"] == status)
+                       and (judge is None or r["judge"] == judge))
 
     def accepted_times(self) -> list[float]:
         with self.lock:
@@ -113,7 +145,7 @@ class FakeLLMServer:
             def _record(self, status: int, body: dict):
                 with server.lock:
                     server.requests.append({"t": time.monotonic(), "path": self.path, "status": status,
-                                            "model": body.get("model"),
+                                            "model": body.get("model"), "judge": is_judge_request(body),
                                             "response_format": body.get("response_format")})
 
             def do_POST(self):  # noqa: N802
@@ -185,7 +217,7 @@ class FakeLLMServer:
                 "x-ratelimit-remaining-tokens": self.tpm_header, "x-ratelimit-reset-tokens": "0.1s"}
 
     def _completion(self, body: dict) -> dict:
-        content = self.reply(body)
+        content = self.judge(body) if is_judge_request(body) else self.reply(body)
         prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
@@ -212,4 +244,4 @@ class FakeLLMServer:
         self.stop()
 
 
-__all__ = ["FakeLLMServer", "default_reply"]
+__all__ = ["FakeLLMServer", "default_reply", "judge_verdicts", "judged_triples", "is_judge_request"]
