@@ -68,6 +68,11 @@ class EvaluateConfig(StageConfig):
     harness_batch_size: int = option(0, "requests per forward in lm-eval; 0: same as batch_size")
     log_to_tracker: bool = option(True, "log 05's metrics to the tracker runs 04 recorded in train_log.json "
                                   "(TensorBoard, MLflow, W&B)")
+    # the notebook's last two sections (not read by run())
+    try_prompt: str = option("", "notebook: your own prompt, answered by base and tuned side by side after the "
+                             "evaluation; '' skips")
+    export: bool = option(False, "notebook: publish what was evaluated with nbutils.export (merged weights, GGUF, "
+                          "Modelfile, model card; ExportConfig's parameters in the same cell)")
 
     def gen_params(self) -> GenParams:
         """The decoding settings of both passes (base and tuned)."""

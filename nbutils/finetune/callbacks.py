@@ -102,7 +102,10 @@ class TrackerRecorder(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        hparams = {"config": self.config, "runtime": self.runtime}
+        import dataclasses
+
+        runtime = dataclasses.asdict(self.runtime) if dataclasses.is_dataclass(self.runtime) else self.runtime
+        hparams = {"config": self.config, "runtime": runtime}   # the runtime as resolved once the trainer was built
         if "tensorboard" in self.tracking.report_to:
             self._tensorboard(hparams)
         if "wandb" in self.tracking.report_to:

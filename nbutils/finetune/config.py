@@ -20,6 +20,13 @@ FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
 # keep_base_weight=None keeps each dequantised 4-bit base weight from the forward to the backward in fast mode on a
 # GPU with at least this much: +13 GiB for Llama-3-8B (41.3 -> 54.3 GiB peak), so not on 48 GB cards.
 KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
+# fuse_lora="auto" gives the LoRA layers nbutils.kernels' fused forward only on models at least this wide (the
+# adapted layers' smallest input, i.e. hidden_size). Measured (benchmarks/RESULTS.md, issues 15 and 25): at 4096
+# (Llama-3-8B, nf4, r=64) fused is faster than PEFT's layers (16,604 vs 14,974 tok/s at dropout 0; +5.8 % at 0.1);
+# at 576 (SmolLM2-135M, full profile) it is 1.56x slower (13,751 vs 21,395 tok/s): each projection's work is too
+# small for the fused path's fixed cost per layer and call. Widths in between are not measured yet
+# (benchmarks.finetune_workloads has the crossover cases), so they keep PEFT's layers.
+FUSE_LORA_MIN_HIDDEN = 4096
 # What each memory mode sets among the fields left at None (measured as above, run 13: fast 14,634 tok/s at
 # 54.3 GiB with keep_base_weight, 14,412 at 41.3 GiB without; lean 9,575 tok/s at 9.4 GiB; the original recipe,
 # bf16-loaded, 7,195 tok/s at 10.5 GiB).
@@ -89,8 +96,10 @@ class FinetuneConfig(StageConfig):
                               choices=(AUTO, *MEMORY_MODES))
     use_liger_kernel: bool | None = option(None, "Liger's fused RMSNorm/SwiGLU/RoPE/loss kernels; None: on with "
                                            "CUDA when liger-kernel imports")
-    fuse_lora: bool = option(True, "LoRA scale and sum folded into one GEMM and, on CUDA, the LoRA dropout inside "
-                             "Triton kernels (nbutils.kernels; same math); False: PEFT's own forward")
+    fuse_lora: bool | str = option(AUTO, "LoRA scale and sum folded into one GEMM and, on CUDA, the LoRA dropout "
+                                   "inside Triton kernels (nbutils.kernels; same math); False: PEFT's own forward; "
+                                   f"auto: fused on models with hidden_size >= {FUSE_LORA_MIN_HIDDEN} (measured "
+                                   "faster there; 1.56x slower than PEFT's layers at SmolLM2's 576)", choices=(AUTO,))
     keep_base_weight: bool | None = option(None, "fused LoRA + Triton dropout + 4-bit: keep each dequantised base "
                                            "weight for the backward (+13 GiB on Llama-3-8B); None: on in fast "
                                            f"mode with >= {KEEP_BASE_WEIGHT_MIN_GPU_GIB:g} GiB GPU memory")

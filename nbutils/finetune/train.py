@@ -13,7 +13,7 @@ from .config import FinetuneConfig
 from .data import choose_pad_token, describe_truncation, load_training_data, truncation_report
 from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
-from .runtime import Runtime, resolve_runtime
+from .runtime import Runtime, model_hidden_size, resolve_fuse_lora, resolve_runtime
 from .tracking import Tracking, finish_trackers, plan_tracking, tracker_environment
 
 
@@ -127,10 +127,11 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
 
         callbacks.append(offloaded_checkpointing_callback())
     if tracking is not None and tracking.report_to:
-        callbacks.append(TrackerRecorder(tracking, cfg.to_dict(), dataclasses.asdict(rt), cfg.checkpoint_dir))
+        callbacks.append(TrackerRecorder(tracking, cfg.to_dict(), rt, cfg.checkpoint_dir))  # rt as trained
     trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None, tracking),
                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                  peft_config=build_lora_config(cfg), callbacks=callbacks)
+    rt.fuse_lora, rt.fuse_reason = resolve_fuse_lora(rt.fuse_lora, model_hidden_size(trainer.model))
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TrackerRecorder):
             cb.bind(trainer.callback_handler.callbacks)
@@ -273,6 +274,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     aside = start_run(cfg, plan, record, is_main, verbose)  # the model loaded: only now is anything moved
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if say:
+        print(f"fused LoRA: {rt.fuse_reason}")
         print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     if plan.checkpoint:
         trainer.args.eval_on_start = False  # the checkpoint's log already holds the eval before step 1

@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "finetune_fsdp", "generation_speed",
            "generate_speed", "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws",
-           "judge_grounding", "batch_resume", "harness_cost", "tracking_overhead"]
+           "judge_grounding", "batch_resume", "finetune_workloads", "quality", "export_roundtrip",
+           "export_gpu", "harness_cost", "tracking_overhead"]
 
 
 def test_every_script_is_in_the_package_and_imports_alone():
