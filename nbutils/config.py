@@ -27,9 +27,10 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Union
 
-from .io import DataPaths, resolve_data_dir
+from .io import DataPaths, contains, resolve_data_dir
 
 PROFILES = ("demo", "full")
 _NONE_WORDS = ("none", "null")
@@ -43,12 +44,16 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
-    """A config field: its `full`-profile default, the help text shown by --help and the README, and
-    (for string values) the allowed choices."""
-    meta = {"help": help}
+def option(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field: its `full`-profile default, the help text shown by --help and the README, (for string
+    values) the allowed choices, and (for numbers) the allowed range: `ge`/`gt` (>=, >) and `le`/`lt`."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if bounds:
+        meta["range"] = bounds
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -176,6 +181,25 @@ def coerce(name: str, value: Any, hint: Any, choices: tuple | None = None) -> An
     return out
 
 
+_RANGE_WORDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+                "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def range_error(name: str, value: Any, bounds: dict[str, float]) -> str | None:
+    """'window_chars=-1: must be >= 0' when a number is outside its field's declared range (None passes)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value:  # NaN
+        return f"{name}={value}: not a number"
+    failed = [f"{word} {bound:g}" for key, bound in bounds.items()
+              for word, ok in [_RANGE_WORDS[key]] if not ok(value, bound)]
+    return f"{name}={value!r}: must be {' and '.join(failed)}" if failed else None
+
+
+def describe_range(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{_RANGE_WORDS[k][0]} {v:g}" for k, v in bounds.items())
+
+
 # ------------------------------------------------------------------------------------------------ base
 @dataclass
 class StageConfig:
@@ -183,6 +207,9 @@ class StageConfig:
 
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {}
     PATH_FIELDS: ClassVar[dict[str, str]] = {}
+    # what the stage reads and what it (re)writes: checked against each other and data_dir (check_paths)
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU",
                           choices=PROFILES)
@@ -198,6 +225,63 @@ class StageConfig:
         for name, attr in self.PATH_FIELDS.items():
             if getattr(self, name) is None:
                 setattr(self, name, str(getattr(paths, attr)))
+        problems = self.range_problems() + self.secret_problems() + self.path_problems()
+        if problems:
+            raise ConfigValueError("; ".join(problems))
+
+    def range_problems(self) -> list[str]:
+        """Every number outside its field's declared range (option(..., ge=/gt=/le=/lt=))."""
+        out = []
+        for f in fields(self):
+            bounds = f.metadata.get("range")
+            why = range_error(f.name, getattr(self, f.name), bounds) if bounds else None
+            if why:
+                out.append(why)
+        return out
+
+    def secret_problems(self) -> list[str]:
+        """A parameter is printed in the notebook and run.json: a URL carrying credentials is refused."""
+        from .redact import carries_credentials
+
+        return [f"{f.name}: a URL with credentials (user:password@ or a key in the query) would be written to "
+                f"the executed notebook and run.json; give the plain URL and put the secret in the environment "
+                f"(e.g. OPENAI_API_KEY, or OPENAI_BASE_URL for the whole URL)"
+                for f in fields(self) if isinstance(getattr(self, f.name), str) and "://" in getattr(self, f.name)
+                and carries_credentials(getattr(self, f.name))]
+
+    def path_values(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(field, path) of the named fields that are set; a field naming a hub id (not a path) is left out."""
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if not value:
+                continue
+            if name not in self.PATH_FIELDS and not Path(value).expanduser().exists():
+                continue   # e.g. base_model given as a hub id
+            out.append((name, value))
+        return out
+
+    def path_problems(self) -> list[str]:
+        """An output equal to, or containing, data_dir; an output equal to, inside or containing an input or
+        another output: each would overwrite (or delete) what the stage did not make."""
+        outs, ins = self.path_values(self.OUTPUT_FIELDS), self.path_values(self.INPUT_FIELDS)
+        problems = []
+        for i, (name, value) in enumerate(outs):
+            if contains(value, self.data_dir):
+                where = "is" if Path(value).resolve() == Path(self.data_dir).resolve() else "contains"
+                problems.append(f"{name}={value} {where} data_dir {self.data_dir}: writing it would replace "
+                                "everything there")
+                continue
+            for other, theirs in ins + outs[i + 1:]:
+                if other == name:
+                    continue
+                if contains(value, theirs) or contains(theirs, value):
+                    role = "input" if (other, theirs) in ins else "output"
+                    rel = "is" if Path(value).resolve() == Path(theirs).resolve() else \
+                        "contains" if contains(value, theirs) else "is inside"
+                    problems.append(f"{name}={value} {rel} the {role} {other}={theirs}: it would be overwritten; "
+                                    "give each its own path")
+        return problems
 
     @property
     def paths(self) -> DataPaths:
@@ -273,7 +357,9 @@ def parameter_table(cls: type[StageConfig], skip: tuple[str, ...] = ("profile", 
         if f.name in skip:
             continue
         d = _cell(demo[f.name]) if demo[f.name] != full[f.name] else "same"
-        rows.append(f"| `{f.name}` | {_cell(full[f.name])} | {d} | {f.metadata.get('help', '')} |")
+        bounds = f.metadata.get("range")
+        what = f.metadata.get("help", "") + (f" ({describe_range(bounds)})" if bounds else "")
+        rows.append(f"| `{f.name}` | {_cell(full[f.name])} | {d} | {what} |")
     return "\n".join(rows)
 
 

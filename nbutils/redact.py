@@ -36,3 +36,19 @@ def redact(text: str) -> str:
     text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1{MASK}", text)
     return _KEY_SHAPED.sub(MASK, text)
+
+
+def redact_values(obj):
+    """redact() applied to every string inside a JSON-like value (parameters written to run.json)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_values(v) for v in obj]
+    return obj
+
+
+def carries_credentials(text: str) -> bool:
+    """A URL with `user:password@` or a secret-looking query parameter (`?api_key=...`)."""
+    return bool(_URL_USERINFO.search(text) or _SECRET_QUERY.search(text))

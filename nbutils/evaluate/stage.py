@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from nbutils.lock import locked_stage
 from nbutils.io import sha256_text
 from nbutils.result import StageResult
 from nbutils.templates import build_prompt
@@ -167,6 +168,7 @@ def score(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, templa
     return result, per_example
 
 
+@locked_stage("05_evaluate")
 def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResult:
     """Generate and score base and tuned answers; write reports/ (metrics.json, predictions.jsonl, plots,
     report.md). `model`/`tok` may be passed in (a PeftModel, as the notebook does) to skip loading."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..lock import locked_stage
 from ..io import read_json
 from .config import FinetuneConfig
 from .report import TRAIN_LOG, FinetuneResult
@@ -58,6 +59,7 @@ def launch_distributed(cfg: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(log=read_json(Path(cfg.output_dir) / TRAIN_LOG), adapter_dir=cfg.output_dir)
 
 
+@locked_stage("04_finetune")
 def run(cfg: FinetuneConfig) -> FinetuneResult:
     """Stage 04: one process here, or `accelerate launch` over all GPUs when there are several."""
     prefer_expandable_segments()  # before anything initialises CUDA (the launched processes inherit it)

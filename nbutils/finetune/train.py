@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..io import atomic_folder, write_json
+from ..io import atomic_folder, check_replaceable, write_json
 from .config import FinetuneConfig
 from .data import choose_pad_token, describe_truncation, load_training_data, truncation_report
 from .report import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
@@ -166,10 +166,17 @@ def run_training(trainer, cfg: FinetuneConfig, rt: Runtime, resume_from: str | N
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+def check_outputs(cfg: FinetuneConfig) -> None:
+    """Before hours of training: the adapter (and merged) folder must be new, empty or made by this project."""
+    check_replaceable(cfg.output_dir, legacy=(TRAIN_LOG,), param="output_dir")
+    if cfg.merge:
+        check_replaceable(cfg.merged_dir, param="merged_dir")
+
+
 def save_adapter(trainer, tokenizer, out_dir: str | Path) -> Path:
     """PEFT adapter + tokenizer, published in one go (never half an adapter). Load it with
     PeftModel.from_pretrained(base, out_dir) wherever the base model lives."""
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, legacy=(TRAIN_LOG,)) as tmp:
         trainer.model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)
@@ -219,6 +226,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     from .callbacks import TrainLogRecorder, log_entries
 
     t_start = time.time()
+    check_outputs(cfg)
     rt = resolve_runtime(cfg)
     if rt.device == "cuda" and "LOCAL_RANK" in os.environ:
         import torch

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json, write_jsonl
+from ..lock import locked_stage
+from ..io import (append_jsonl, read_json, read_jsonl, read_records, sha256_file, sha256_text, write_json,
+                  write_jsonl)
 from .chunk import chunk_text
 from .config import ParseConfig
 from .report import ParseResult, summarize
@@ -75,10 +77,13 @@ def mark_duplicates(pdfs: list[PdfFile], shas: dict[str, str]) -> None:
             first[sha] = f.path.name
 
 
+PAPER_TITLE_SCHEMA = {"id": (str, type(None)), "title": (str, type(None)), "pdf_path": (str, type(None))}
+
+
 def load_titles(papers_path: str | Path) -> dict[str, str]:
     """paper_id (PDF stem) -> title, from papers.jsonl when stage 01 made one."""
     titles = {}
-    for rec in read_jsonl(papers_path):
+    for rec in read_records(papers_path, PAPER_TITLE_SCHEMA):
         stem = Path(rec.get("pdf_path") or "").stem or str(rec.get("id", "")).replace("/", "_")
         if stem and rec.get("title"):
             titles[stem] = rec["title"]
@@ -154,6 +159,7 @@ def keep_unchanged_records(pages_path: str | Path, files: dict[str, dict]) -> No
                              if r.get("paper_id") in kept and r.get("source_sha256") == kept[r["paper_id"]]])
 
 
+@locked_stage("02_parse")
 def run(cfg: ParseConfig, progress: bool = True) -> ParseResult:
     """Parse new/changed PDFs of cfg.pdf_dir into cfg.pages_path; the report goes to cfg.report_path."""
     from tqdm.auto import tqdm

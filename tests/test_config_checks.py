@@ -1,0 +1,98 @@
+"""Issue 27: what a configuration refuses before anything is read, loaded or written (nbutils/config.py):
+outputs that would overwrite data_dir or an input, numbers out of range, URLs with credentials."""
+from __future__ import annotations
+
+import pytest
+
+from nbutils.config import ConfigValueError
+from nbutils.finetune import FinetuneConfig
+from nbutils.generate import GenerateConfig
+from nbutils.parse import ParseConfig
+
+
+# ---------------------------------------------------------------------------------------------- item 1
+def test_generate_dataset_dir_equal_to_data_dir_is_refused_naming_both(tmp_path):
+    with pytest.raises(ConfigValueError) as e:
+        GenerateConfig.from_params(profile="demo", data_dir=str(tmp_path), dataset_dir=str(tmp_path))
+    assert "dataset_dir" in str(e.value) and "data_dir" in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_finetune_output_dir_equal_to_or_containing_data_dir_is_refused(tmp_path):
+    data = tmp_path / "data"
+    for out in (data, tmp_path):
+        with pytest.raises(ConfigValueError, match="output_dir=.*data_dir"):
+            FinetuneConfig.from_params(profile="demo", data_dir=str(data), output_dir=str(out))
+
+
+def test_finetune_output_dir_containing_the_local_base_model_is_refused(tmp_path):
+    base = tmp_path / "data" / "models" / "base" / "m"
+    base.mkdir(parents=True)
+    with pytest.raises(ConfigValueError, match="output_dir=.* contains the input base_model"):
+        FinetuneConfig.from_params(profile="demo", data_dir=str(tmp_path / "data"), base_model=str(base),
+                                   output_dir=str(tmp_path / "data" / "models"))
+
+
+# ---------------------------------------------------------------------------------------------- item 3
+def test_parse_pages_path_equal_to_papers_path_is_refused(tmp_path):
+    p = str(tmp_path / "papers.jsonl")
+    with pytest.raises(ConfigValueError, match="pages_path=.* is the input papers_path"):
+        ParseConfig.from_params(profile="demo", data_dir=str(tmp_path), papers_path=p, pages_path=p)
+
+
+def test_generate_triples_path_equal_to_pages_path_is_refused(tmp_path):
+    p = str(tmp_path / "pages.jsonl")
+    with pytest.raises(ConfigValueError, match="triples_path=.* is the input pages_path"):
+        GenerateConfig.from_params(profile="demo", data_dir=str(tmp_path), pages_path=p, triples_path=p)
+
+
+def test_default_paths_pass(tmp_path):
+    for cls in (ParseConfig, GenerateConfig, FinetuneConfig):
+        cls.from_params(profile="demo", data_dir=str(tmp_path))
+        cls.from_params(profile="full", data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- item 12
+@pytest.mark.parametrize("cls,name,value", [
+    (GenerateConfig, "window_chars", -1), (GenerateConfig, "max_pages", -1),
+    (FinetuneConfig, "gradient_accumulation_steps", 0), (FinetuneConfig, "max_train_samples", -1),
+    (ParseConfig, "workers", -2), (GenerateConfig, "temperature", -0.5)])
+def test_numbers_out_of_range_are_refused_at_configuration(tmp_path, cls, name, value):
+    with pytest.raises(ConfigValueError, match=rf"{name}={value}: must be"):
+        cls.from_params(profile="demo", data_dir=str(tmp_path), **{name: value})
+
+
+def test_every_range_error_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigValueError) as e:
+        GenerateConfig.from_params(profile="demo", data_dir=str(tmp_path), window_chars=-1, max_pages=-1)
+    assert "window_chars=-1" in str(e.value) and "max_pages=-1" in str(e.value)
+
+
+def test_range_is_shown_in_the_parameter_table():
+    from nbutils.config import parameter_table
+
+    row = next(r for r in parameter_table(GenerateConfig).splitlines() if r.startswith("| `window_chars`"))
+    assert "(>= 0)" in row
+
+
+# ---------------------------------------------------------------------------------------------- item 13
+def test_base_url_with_credentials_is_refused_without_echoing_them(tmp_path):
+    with pytest.raises(ConfigValueError) as e:
+        GenerateConfig.from_params(profile="demo", data_dir=str(tmp_path), backend="openai", model="m",
+                                   base_url="http://alice:hunter2secret@127.0.0.1:9/v1")
+    assert "base_url" in str(e.value) and "hunter2secret" not in str(e.value)
+
+
+def test_runner_refuses_a_credential_url_before_any_stage_runs(tmp_path):
+    from nbutils.runner import run_pipeline
+
+    with pytest.raises(ValueError, match="base_url") as e:
+        run_pipeline(profile="demo", data_dir=tmp_path, params={"base_url": "http://u:hunter2secret@h/v1"},
+                     only=["03"])
+    assert "hunter2secret" not in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_json_parameters_are_redacted(tmp_path, monkeypatch):
+    from nbutils.redact import redact_values
+
+    assert "hunter2secret" not in str(redact_values({"judge_base_url": "http://u:hunter2secret@h/v1"}))
