@@ -163,6 +163,48 @@ def run_training(trainer, cfg: FinetuneConfig, rt: Runtime, resume_from: str | N
         return trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError as e:
         raise FinetuneOOMError(explain_oom(cfg, rt)) from e
+    except (OSError, RuntimeError) as e:
+        if is_disk_full(e):
+            raise DiskFull(explain_disk_full(cfg.checkpoint_dir)) from e
+        raise
+
+
+class DiskFull(OSError):
+    """Saving ran out of disk: names the folder and about how much a checkpoint needs."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, or torch's serializer failing mid-write ("unexpected pos 19076608 vs 19076496": the file could not
+    grow), anywhere in the exception's causes."""
+    import errno
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "No space left" in text or "unexpected pos" in text or "PytorchStreamWriter failed writing" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def explain_disk_full(checkpoint_dir: str | Path) -> str:
+    """'no space left on <dir>: need ~N GB' (N: the largest checkpoint there, or 1 GB when none is), with what
+    to do; training resumes from the last complete checkpoint."""
+    import shutil
+
+    d = Path(checkpoint_dir)
+    sizes = [folder_bytes(p) for p in d.glob("checkpoint-*") if p.is_dir()] if d.is_dir() else []
+    need = max(sizes, default=0) or 2**30
+    probe = d if d.exists() else d.parent
+    free = shutil.disk_usage(probe).free if probe.exists() else 0
+    return (f"no space left on {d}: need ~{need / 1e9:.1f} GB for a checkpoint ({free / 1e9:.1f} GB free). Free "
+            f"space there (or set checkpoint_dir on another disk) and rerun: training resumes from the last "
+            f"complete checkpoint; one cut short is set aside")
 
 
 # ------------------------------------------------------------------------------------------------ outputs
