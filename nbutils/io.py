@@ -360,6 +360,26 @@ def drop_torn_tail(path: str | os.PathLike) -> None:
         f.truncate(0)
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """A .safetensors file whose header does not parse or whose size is not what its header says (cut short)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path.name} is {size} bytes: cut short"
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size:
+            return f"{path.name}: header of {n} bytes does not fit in {size} bytes (cut short)"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return f"{path.name}: header is not JSON (cut short or corrupt)"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"{path.name} is {size} bytes, its header says {8 + n + end}: cut short"
+    return None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..io import read_json, sha256_text, write_json
+from ..io import read_json, safetensors_problem, sha256_text, write_json
 from .config import FinetuneConfig
 from .runtime import Runtime
 
@@ -70,26 +70,6 @@ def checkpoints_newest_first(checkpoint_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """A .safetensors file whose header does not parse or whose size is not what its header says (cut short)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return f"{path.name} is {size} bytes: cut short"
-        n = int.from_bytes(head, "little")
-        if n <= 0 or 8 + n > size:
-            return f"{path.name}: header of {n} bytes does not fit in {size} bytes (cut short)"
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            return f"{path.name}: header is not JSON (cut short or corrupt)"
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        return f"{path.name} is {size} bytes, its header says {8 + n + end}: cut short"
-    return None
 
 
 def checkpoint_problem(ckpt: str | Path) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..io import atomic_folder, check_replaceable, write_json
 from .config import FinetuneConfig
-from .data import choose_pad_token, describe_truncation, load_training_data, truncation_report
+from .data import check_trainable, choose_pad_token, describe_truncation, load_training_data, truncation_report
 from .report import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, resolve_runtime
@@ -284,6 +284,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
         print(pad_note)
     train_ds, eval_ds, data_info = load_data(cfg, rt, tokenizer, say)
     trunc = [truncation_report(train_ds, tokenizer, cfg.max_length, "train")]
+    check_trainable(trunc[0])
     if eval_ds is not None:
         trunc.append(truncation_report(eval_ds, tokenizer, cfg.max_length, "eval"))
     if say:
