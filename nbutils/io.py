@@ -391,6 +391,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_text(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
-        h.update(part.encode("utf-8"))
+        h.update(fix_text(part).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()

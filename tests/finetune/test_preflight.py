@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from nbutils.models import ModelLoadError, load_causal_lm, load_tokenizer
+from nbutils.models import load_causal_lm, load_tokenizer
 
 
 def test_a_truncated_safetensors_is_named_with_its_folder(tmp_path, embedded_model_path):
+    from nbutils.models import ModelLoadError
+
     folder = tmp_path / "my-model"
     folder.mkdir()
     for f in embedded_model_path.iterdir():
@@ -24,6 +26,8 @@ def test_a_truncated_safetensors_is_named_with_its_folder(tmp_path, embedded_mod
 
 
 def test_a_missing_tokenizer_is_named_with_its_folder(tmp_path, embedded_model_path):
+    from nbutils.models import ModelLoadError
+
     folder = tmp_path / "weights-only"
     folder.mkdir()
     (folder / "config.json").write_text((embedded_model_path / "config.json").read_text())
