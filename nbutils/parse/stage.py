@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lock import locked_stage
-from ..io import (append_jsonl, read_json, read_jsonl, read_records, sha256_file, sha256_text, write_json,
+from ..io import (append_jsonl, read_json, read_records, sha256_file, sha256_text, write_json,
                   write_jsonl)
 from .chunk import chunk_text
 from .config import ParseConfig
@@ -152,11 +152,21 @@ def skipped_entry(f: PdfFile, sha: str | None) -> dict[str, Any]:
             "title": None, "seconds": 0.0, "warnings": {}, "parsed_in_last_run": False}
 
 
+PAGE_KEY_SCHEMA = {"paper_id": str, "page": (int, type(None)), "chunk": (int, type(None))}
+
+
 def keep_unchanged_records(pages_path: str | Path, files: dict[str, dict]) -> None:
-    """Rewrite pages.jsonl with only the records of files kept from the last run (one copy, current sha)."""
+    """Rewrite pages.jsonl with only the records of files kept from the last run: one copy of each page (a
+    duplicate left by an older concurrent run is dropped), current sha; an odd line is skipped naming it."""
     kept = {pid: e["sha256"] for pid, e in files.items() if e["status"] == "ok"}
-    write_jsonl(pages_path, [r for r in read_jsonl(pages_path)
-                             if r.get("paper_id") in kept and r.get("source_sha256") == kept[r["paper_id"]]])
+    seen: set = set()
+    out = []
+    for r in read_records(pages_path, PAGE_KEY_SCHEMA):
+        ident = (r["paper_id"], r.get("page"), r.get("chunk"))
+        if r["paper_id"] in kept and r.get("source_sha256") == kept[r["paper_id"]] and ident not in seen:
+            seen.add(ident)
+            out.append(r)
+    write_jsonl(pages_path, out)
 
 
 @locked_stage("02_parse")

@@ -1,4 +1,4 @@
-"""Issue 27 item 10: a lone surrogate in extracted PDF text (pypdf can produce one) never reaches a writer:
+"""Issue 27 items 5 and 10 in 02: a lone surrogate in extracted PDF text never reaches a writer (02 writes U+FFFD,
 02 writes the page with U+FFFD, and 03 reads it back and keys it without an error (nbutils/parse, nbutils/io)."""
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def test_generate_keys_a_page_that_holds_an_escaped_lone_surrogate(tmp_path):
                                      base_url="http://127.0.0.1:9/v1")
     jobs = make_jobs(load_pages(tmp_path / "pages.jsonl"), cfg, cfg.template())
     assert len(jobs) == 1 and len(jobs[0].key) == 64
+
+
+def test_a_rerun_drops_pages_duplicated_by_an_earlier_concurrent_run(tmp_path):
+    """Issue 27 item 5: the lock stops a second run; duplicates an older race left are dropped on the rerun."""
+    from nbutils.parse.stage import keep_unchanged_records
+
+    rec = {"paper_id": "a", "page": 1, "chunk": 0, "text": "t", "source_sha256": "s"}
+    path = tmp_path / "pages.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (rec, rec, {**rec, "page": 2}, rec)))
+    keep_unchanged_records(path, {"a": {"status": "ok", "sha256": "s"}})
+    assert [r["page"] for r in read_jsonl(path)] == [1, 2]
