@@ -1,5 +1,5 @@
-"""Issue 27 items 5 and 10 in 02: a lone surrogate in extracted PDF text never reaches a writer (02 writes U+FFFD,
-02 writes the page with U+FFFD, and 03 reads it back and keys it without an error (nbutils/parse, nbutils/io)."""
+"""Issue 27 items 5 and 10 in 02: a lone surrogate in extracted PDF text never reaches a writer (02 writes the page
+with U+FFFD, and 03 reads it back and keys it without an error); a rerun drops pages an old race duplicated."""
 from __future__ import annotations
 
 import json
