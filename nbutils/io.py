@@ -280,7 +280,8 @@ def check_record(rec: Any, schema: dict[str, type | tuple]) -> str | None:
                 continue
             return f"no {name!r}"
         value = rec[name]
-        ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in types if t is not type(None))
+        ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool))
+                 for t in types if t is not type(None))
         if not ok:
             names = " or ".join(t.__name__ for t in types if t is not type(None))
             return f"{name}={value!r:.40}: expected {names}"

@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from nbutils.io import (MARKER, NotOurs, atomic_folder, read_json, read_jsonl, read_records, write_json,
-                        write_jsonl)
+from nbutils.io import MARKER, NotOurs, atomic_folder, read_json, read_jsonl, read_records, write_json, write_jsonl
 
 
 # ---------------------------------------------------------------------------------------------- items 1, 2

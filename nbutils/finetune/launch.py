@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..lock import locked_stage
 from ..io import read_json
+from ..lock import locked_stage
 from .config import FinetuneConfig
 from .report import TRAIN_LOG, FinetuneResult
 from .runtime import prefer_expandable_segments

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..lock import locked_stage
 from ..io import atomic_folder, check_replaceable, write_json, write_jsonl
+from ..lock import locked_stage
 from .build import build_triples
 from .calls import call_pending
 from .config import GenerateConfig

@@ -31,7 +31,8 @@ class ParseConfig(StageConfig):
     max_memory_mb: int = option(4096, "per parser process, above its start size (Linux RLIMIT_AS)", gt=0)
     normalize: bool = option(True, "ligatures (fi, fl, ...) and odd whitespace")
     drop_headers: bool = option(True, "running headers/footers and page numbers repeating across pages")
-    header_min_fraction: float = option(0.4, "a top/bottom line on at least this share of pages is a header", gt=0, le=1)
+    header_min_fraction: float = option(0.4, "a top/bottom line on at least this share of pages is a header",
+                                        gt=0, le=1)
     header_zone_lines: int = option(3, "lines at the top and bottom of a page looked at for headers", ge=0)
     drop_references: bool = option(True, "the References/Bibliography section and what follows it")
     keep_appendix: bool = option(False, "keep appendices found after the references")

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io import append_jsonl, read_json, read_records, sha256_file, sha256_text, write_json, write_jsonl
 from ..lock import locked_stage
-from ..io import (append_jsonl, read_json, read_records, sha256_file, sha256_text, write_json,
-                  write_jsonl)
 from .chunk import chunk_text
 from .config import ParseConfig
 from .report import ParseResult, summarize

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
-from ..lock import locked_stage
 from ..arxiv_ids import build_search_url, has_version
 from ..io import append_jsonl, write_json, write_jsonl
+from ..lock import locked_stage
 from .api import list_with_api
 from .browser import Browser
 from .config import ScrapeConfig
