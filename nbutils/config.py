@@ -225,7 +225,7 @@ class StageConfig:
         for name, attr in self.PATH_FIELDS.items():
             if getattr(self, name) is None:
                 setattr(self, name, str(getattr(paths, attr)))
-        problems = self.range_problems() + self.secret_problems() + self.path_problems()
+        problems = self.range_problems() + self.path_problems()
         if problems:
             raise ConfigValueError("; ".join(problems))
 
@@ -238,16 +238,6 @@ class StageConfig:
             if why:
                 out.append(why)
         return out
-
-    def secret_problems(self) -> list[str]:
-        """A parameter is printed in the notebook and run.json: a URL carrying credentials is refused."""
-        from .redact import carries_credentials
-
-        return [f"{f.name}: a URL with credentials (user:password@ or a key in the query) would be written to "
-                f"the executed notebook and run.json; give the plain URL and put the secret in the environment "
-                f"(e.g. OPENAI_API_KEY, or OPENAI_BASE_URL for the whole URL)"
-                for f in fields(self) if isinstance(getattr(self, f.name), str) and "://" in getattr(self, f.name)
-                and carries_credentials(getattr(self, f.name))]
 
     def path_values(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
         """(field, path) of the named fields that are set; a field naming a hub id (not a path) is left out."""
@@ -338,9 +328,12 @@ class StageConfig:
         return dataclasses.asdict(self)
 
     def show(self) -> None:
-        """Print the resolved configuration, one `name = value` a line (for the notebook)."""
+        """Print the resolved configuration, one `name = value` a line (for the notebook); credentials in a
+        value (a URL's user:password@, a key) are masked."""
+        from .redact import redact
+
         for k, v in self.to_dict().items():
-            print(f"{k:>24} = {v!r}")
+            print(f"{k:>24} = {redact(repr(v))}")
 
 
 # ------------------------------------------------------------------------------------------------ docs

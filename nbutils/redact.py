@@ -49,6 +49,22 @@ def redact_values(obj):
     return obj
 
 
-def carries_credentials(text: str) -> bool:
-    """A URL with `user:password@` or a secret-looking query parameter (`?api_key=...`)."""
-    return bool(_URL_USERINFO.search(text) or _SECRET_QUERY.search(text))
+
+def redact_notebook(path) -> bool:
+    """Mask credentials everywhere in an executed notebook (the injected parameters cell, printed output);
+    True when something changed. The runner calls it on every notebook it wrote."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    text = p.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    clean = redact_values(nb)
+    if clean == nb:
+        return False
+    from .io import write_json
+
+    write_json(p, clean, indent=1)
+    return True

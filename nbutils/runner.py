@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from .config import check_profile, coerce, parse_literal
 from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
 from .lock import data_dir_lock
-from .redact import redact_values
+from .redact import redact_notebook, redact_values
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 RUNNER_OWNED = ("data_dir", "profile")  # set by --data-dir / --profile, never by -p
@@ -232,8 +232,11 @@ def _run_stages(notebooks: list[Path], injected_by_stage: dict, profile: str, da
         print(f"[{i}/{len(notebooks)}] {stage} ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(output), parameters=injected, cwd=str(PROJECT_ROOT),
-                                kernel_name=kernel_name, log_output=log_output, progress_bar=progress_bar)
+            try:
+                pm.execute_notebook(str(nb), str(output), parameters=injected, cwd=str(PROJECT_ROOT),
+                                    kernel_name=kernel_name, log_output=log_output, progress_bar=progress_bar)
+            finally:
+                redact_notebook(output)   # a URL's user:password@ or a key never stays in the executed notebook
         except Exception as err:  # papermill raises PapermillExecutionError with the cell
             secs = time.time() - t0
             msg = describe_failure(stage, err)
