@@ -85,3 +85,21 @@ def test_the_runner_holds_the_lock(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_stage_inside_the_runners_notebook_passes_through_the_runners_lock(tmp_path):
+    import nbformat
+
+    from nbutils.runner import run_pipeline
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('data_dir = "data"\nprofile = "demo"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from nbutils.lock import data_dir_lock\nwith data_dir_lock(data_dir, '02_parse'):\n    print('inside')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, str(tmp_path / "nb" / "02_parse.ipynb"))
+    result = run_pipeline(profile="demo", data_dir=tmp_path / "data", notebooks_dir=tmp_path / "nb",
+                          run_dir=tmp_path / "run")
+    assert result.ok and "inside" in (tmp_path / "run" / "02_parse.ipynb").read_text()
