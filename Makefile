@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 EMBEDDED := $(DATA)/models/base/SmolLM2-135M-Instruct/.nbutils-complete
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo lint test test-fast clean-demo
 
 setup: $(VENV)/.installed $(EMBEDDED)
 
@@ -28,8 +28,11 @@ $(EMBEDDED): $(VENV)/.installed
 demo: setup
 	$(PY) -m nbutils run --profile demo
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check nbutils tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"

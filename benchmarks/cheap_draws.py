@@ -1,5 +1,6 @@
-"""Diagnostic stand-in for nbutils.fused_lora_triton's Philox draws: one multiply per draw, so the kernels' time
-without the random numbers can be measured (`bench_finetune_gpu.py kernels --rng cheap`). Never for training."""
+"""Diagnostic stand-in for nbutils.kernels.fused_lora_triton's Philox draws: one multiply per draw, so the kernels'
+time without the random numbers can be measured (`python -m benchmarks.finetune_kernels --rng cheap`). Never for
+training."""
 import triton
 import triton.language as tl
 

@@ -1,4 +1,4 @@
-"""Deterministic synthetic arXiv-like PDF corpus for benchmarks/bench_parse.py (reportlab, no network).
+"""Deterministic synthetic arXiv-like PDF corpus for benchmarks.parse_speed (reportlab, no network).
 
 Each paper: a title block, an abstract, two-column body with section headings, inline math symbols and
 display equations, ligatures (the "fi"/"fl" glyphs LaTeX fonts emit), words hyphenated across line ends, a
@@ -7,7 +7,7 @@ number footer, an arXiv stamp in the margin of page 1, a References section and,
 Next to each PDF a ground-truth JSON holds the body words (what a clean parse should keep) and the words of
 the references, so extractors and cleaners can be scored against the truth rather than against each other.
 
-    python benchmarks/make_corpus.py OUT_DIR [--papers 40] [--pages 700] [--seed 0]
+    python -m benchmarks.make_corpus OUT_DIR [--papers 40] [--pages 700] [--seed 0]
 """
 from __future__ import annotations
 
@@ -295,12 +295,17 @@ def make_corpus(out: str | Path, papers: int = 40, pages: int = 700, seed: int =
     return sorted(out.glob("*.pdf"))
 
 
-if __name__ == "__main__":
+def main(argv=None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--papers", type=int, default=40)
     ap.add_argument("--pages", type=int, default=700)
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     files = make_corpus(a.out, a.papers, a.pages, a.seed)
     print(f"{len(files)} PDFs in {a.out}: {json.loads((Path(a.out) / 'corpus.json').read_text())}")
+    return files
+
+
+if __name__ == "__main__":
+    main()

@@ -5,13 +5,14 @@
 # Issue 15 (stage vs Unsloth): bash benchmarks/run_gpu_bench.sh sites model train with SITES=<folder holding
 # site.tgz (the stage's stack) and unsloth_site.tgz (Unsloth and its pins)>, unpacked into /tmp/site and
 # /tmp/unsloth_site (the latter first on PYTHONPATH for the unsloth_* cases only); RESULTS.md says how they are made.
+# Run from the repository root: each benchmark runs as `python -m benchmarks.<name>`.
 set -o pipefail
 FINAL=${OUT:-$PWD/gpu_out}; OUT=/tmp/gpu_work; mkdir -p "$OUT" "$FINAL"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 \
   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONWARNINGS=ignore
 PY=${PY:-python3}
-B=benchmarks/bench_finetune_gpu.py
+B="-m benchmarks.finetune_speed"
 L3=/tmp/llama3-8b-random
 SMOL=/tmp/smollm2-135m-random
 
@@ -33,10 +34,10 @@ for phase in "$@"; do
     [ -f $L3/config.json ] || CUDA_VISIBLE_DEVICES=0 $PY $B make-model --arch llama3-8b --out $L3 --tokenizer .gpu_assets/smollm2 2>&1 | tail -3
     ;;
   kernels)
-    CUDA_VISIBLE_DEVICES=0 $PY $B kernels ${SWEEP:+--sweep} ${RNG:+--rng $RNG} --json "$OUT/kernels${RNG:+_$RNG}.json" 2>&1 | grep -v Warning | tail -${KERNELS_TAIL:-60}
+    CUDA_VISIBLE_DEVICES=0 $PY -m benchmarks.finetune_kernels ${SWEEP:+--sweep} ${RNG:+--rng $RNG} --json "$OUT/kernels${RNG:+_$RNG}.json" 2>&1 | grep -v Warning | tail -${KERNELS_TAIL:-60}
     ;;
   check)
-    CUDA_VISIBLE_DEVICES=0 $PY $B check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
+    CUDA_VISIBLE_DEVICES=0 $PY -m benchmarks.finetune_check --json "$OUT/check.json" 2>&1 | grep -v Warning | tail -20
     ;;
   train)
     CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF:-} timeout ${TRAIN_TIMEOUT:-430} $PY $B train --model $L3 --json "$OUT/train.json" --profile "${PROFILE:-}" --trace-dir "$FINAL" \
@@ -52,12 +53,12 @@ for phase in "$@"; do
     for n in 1 2; do
       CUDA_VISIBLE_DEVICES=$([ $n = 1 ] && echo 0 || echo 0,1) timeout ${DDP_TIMEOUT:-150} $PY -m accelerate.commands.launch \
         --num_processes $n $([ $n = 2 ] && echo --multi_gpu) --num_machines 1 --mixed_precision no --dynamo_backend no \
-        $B train --model $L3 --cases ${DDP_CASE:-fast} --steps 4 --json "$OUT/ddp$n.json" \
+        -m benchmarks.finetune_speed train --model $L3 --cases ${DDP_CASE:-fast} --steps 4 --json "$OUT/ddp$n.json" \
         2>&1 | tee -a "$OUT/ddp_full.log" | grep -E "^\[|^\||FAILED|Error"
     done
     ;;
   gen)
-    CUDA_VISIBLE_DEVICES=0 timeout ${GEN_TIMEOUT:-150} $PY $B gen --model $L3 --json "$OUT/gen.json" --batch-sizes ${GEN_BS:-64,128,256} \
+    CUDA_VISIBLE_DEVICES=0 timeout ${GEN_TIMEOUT:-150} $PY -m benchmarks.generation_speed evaluate --model $L3 --json "$OUT/gen.json" --batch-sizes ${GEN_BS:-64,128,256} \
       2>&1 | tee "$OUT/gen_full.log" | grep -E "^\||^\{|Error"
     ;;
   notebooks)

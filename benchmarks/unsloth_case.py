@@ -1,12 +1,12 @@
 """Issue 15: one QLoRA training case with Unsloth, the way its notebooks train, measured like the stage's cases.
 
-Run by `bench_finetune_gpu.py train --cases unsloth_...` as a subprocess whose PYTHONPATH puts Unsloth's own
-folder first (Unsloth pins TRL <= 1.15 and datasets < 5, which the stage's stack must not see), one process per
-case: Unsloth patches transformers/PEFT/TRL globally on import and per loaded model.
+Run by `python -m benchmarks.finetune_speed train --cases unsloth_...` as a subprocess whose PYTHONPATH puts
+Unsloth's own folder first (Unsloth pins TRL <= 1.15 and datasets < 5, which the stage's stack must not see), one
+process per case: Unsloth patches transformers/PEFT/TRL globally on import and per loaded model.
 
 What it does, as Unsloth's notebooks do: `FastLanguageModel.from_pretrained(load_in_4bit=True)`,
 `FastLanguageModel.get_peft_model(r, alpha, dropout, the seven projections, use_gradient_checkpointing)`, TRL's
-`SFTTrainer` (patched by Unsloth) with `adamw_8bit`. What it shares with the stage's cases (bench_finetune_gpu.py):
+`SFTTrainer` (patched by Unsloth) with `adamw_8bit`. What it shares with the stage's cases (benchmarks.finetune_speed):
 the model folder, the pre-tokenised samples (same seed), padding-free BFD packing of `max_length` rows with the
 loss on the completion only, batch x accumulation, learning rate, warm-up, clipping, and the measurement
 (StepTimer: real tokens counted at each forward, the timed window synchronised at its two ends only; peak memory
@@ -15,7 +15,7 @@ from torch's allocator; MFU at 4 N FLOPs a token).
 Offline: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / HF_DATASETS_OFFLINE = 1 (Unsloth then skips hf_transfer and its
 hub checks), UNSLOTH_DISABLE_STATISTICS=1 (its usage ping), local_files_only=True and fix_tokenizer=False.
 
-  PYTHONPATH=/tmp/unsloth_site:/tmp/site python benchmarks/unsloth_case.py --model /tmp/llama3-8b-random \
+  PYTHONPATH=/tmp/unsloth_site:/tmp/site python -m benchmarks.unsloth_case --model /tmp/llama3-8b-random \
       --gc unsloth --lora-dropout 0 --json /tmp/u.json
 """
 from __future__ import annotations
@@ -25,18 +25,16 @@ import os
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "UNSLOTH_DISABLE_STATISTICS"):
     os.environ.setdefault(_var, "1")
 
-import unsloth  # noqa: E402,F401  (first: it patches transformers, PEFT and TRL on import)
-from unsloth import FastLanguageModel  # noqa: E402
-
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_finetune_gpu as bench  # noqa: E402
+import unsloth  # noqa: E402,F401  (first: it patches transformers, PEFT and TRL on import)
+from unsloth import FastLanguageModel  # noqa: E402
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from . import common  # noqa: E402
+from .common import LORA_TARGETS as TARGETS  # noqa: E402
 
 
 def load(args):
@@ -74,8 +72,8 @@ def run(args) -> dict:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     vocab = min(len(tok), 49152)
-    samples = bench.short_samples(args.n_samples, args.min_len, args.max_len, vocab, seed=args.seed)
-    timer = bench.StepTimer(args.warmup)
+    samples = common.short_samples(args.n_samples, args.min_len, args.max_len, vocab, seed=args.seed)
+    timer = common.StepTimer(args.warmup)
     timer.last_timed = args.warmup + args.steps
     trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_dict(samples),
                          args=sft_config(args), callbacks=[timer.callback()])
@@ -87,12 +85,12 @@ def run(args) -> dict:
         trainer.train()
     except Exception as e:  # recorded: the table shows it
         err = f"{type(e).__name__}: {str(e)[:300]}"
-        bench.log(f"[{args.case}] FAILED: {err}")
+        common.log(f"[{args.case}] FAILED: {err}")
     tokens = timer.tok1 - timer.tok0
     secs = (timer.t1 - timer.t0) if timer.t0 is not None and timer.t1 is not None else float("nan")
     tps = tokens / secs if secs == secs and secs > 0 else float("nan")
-    n_params = bench.n_params_unquantised(args.model)
-    env = bench.environment()
+    n_params = common.n_params_unquantised(args.model)
+    env = common.environment()
     for pkg in ("unsloth", "unsloth_zoo"):
         env[pkg] = getattr(sys.modules.get(pkg), "__version__", None)
     return {
@@ -102,7 +100,7 @@ def run(args) -> dict:
         "lora_dropout": args.lora_dropout, "fuse_lora": "unsloth", "world_size": 1, "timed_steps": args.steps,
         "tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tps, 1),
         "tokens_per_step": round(tokens / args.steps, 1),
-        "mfu": round(tps * 4 * n_params / (bench.PEAK_TFLOPS * 1e12), 4) if tps == tps else None,
+        "mfu": round(tps * 4 * n_params / (common.PEAK_TFLOPS * 1e12), 4) if tps == tps else None,
         "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
         "alloc_at_start_gib": round(mem0, 2), "load_s": round(load_s, 1), "wall_s": round(time.time() - t0, 1),
@@ -130,15 +128,15 @@ def main(argv=None) -> int:
     p.add_argument("--n-samples", type=int, default=1500)
     p.add_argument("--min-len", type=int, default=100)
     p.add_argument("--max-len", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0, help="the samples' seed (bench_finetune_gpu.py --seed)")
+    p.add_argument("--seed", type=int, default=0, help="the samples' seed (benchmarks.finetune_speed --seed)")
     p.add_argument("--train-seed", type=int, default=42, help="the trainer's and LoRA init's (the stage's seed)")
     p.add_argument("--work-dir", default="/tmp/bench_finetune_gpu")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     res = run(args)
-    bench.write_results(args.json, res)
-    bench.log(f"[{res['case']}] {res['tokens_per_s']} tok/s, MFU {res['mfu']}, peak {res['peak_alloc_gib']} GiB "
+    common.write_json(args.json, res)
+    common.log(f"[{res['case']}] {res['tokens_per_s']} tok/s, MFU {res['mfu']}, peak {res['peak_alloc_gib']} GiB "
               f"(reserved {res['peak_reserved_gib']}), steps {res['step_times_s']}, load {res['load_s']} s, "
               f"{res['wall_s']} s train, loss {res['loss']}")
     return 0 if res["error"] is None else 1

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import PROFILES
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m nbutils", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the notebooks 01 -> 05 with papermill")
-    run.add_argument("--profile", default="demo", choices=("demo", "full"))
+    run.add_argument("--profile", default="demo", choices=PROFILES)
     run.add_argument("--data-dir", default="data", help="relative paths resolve against the project root")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                      help="inject a parameter into every notebook that has it; 'NN.key' targets one stage")
@@ -42,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    from .runner import StageFailed, parse_value, run_pipeline
+    from .config import parse_literal
+    from .runner import StageFailed, run_pipeline
 
-    params = {k: parse_value(v) for k, v in args.parameter}
+    params = {k: parse_literal(v) for k, v in args.parameter}  # papermill-like; typed per stage by the runner
     only = [s for s in (args.only or "").split(",") if s.strip()] or None
     try:
         run_pipeline(profile=args.profile, data_dir=args.data_dir, params=params, raw=dict(args.parameter),

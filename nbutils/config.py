@@ -2,7 +2,8 @@
 
 Every stage keeps its configuration dataclass next to its code (as TRL keeps SFTConfig beside SFTTrainer).
 A field holds the `full` profile's value and its help text; the `demo` profile is a short dict of
-overrides (as nanoGPT's config files are):
+overrides (as nanoGPT's config files are), and so is `original`: the original project's method, written once, as
+data (`XConfig.overrides("original")`; the README, tests and benchmarks use it from there):
 
     @dataclass
     class ParseConfig(StageConfig):
@@ -12,6 +13,7 @@ overrides (as nanoGPT's config files are):
         pages_path: str | None = option(None, "None: data_dir/pages.jsonl")
 
     cfg = ParseConfig.from_params(profile=profile, data_dir=data_dir, workers=workers)
+    cfg = ParseConfig.from_notebook(globals())      # in a notebook: the same, from the parameters cell
 
 Precedence: injected parameter > profile override > field default. A parameter left at `None` means
 "the profile's default". Every value, wherever it comes from (a notebook literal, `-p key value` on the
@@ -26,13 +28,14 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from .io import DataPaths, contains, resolve_data_dir
 
-PROFILES = ("demo", "full")
+PROFILES = ("demo", "full", "original")
 _NONE_WORDS = ("none", "null")
 _TRUE_WORDS = ("true", "yes", "on", "1")
 _FALSE_WORDS = ("false", "no", "off", "0")
@@ -211,7 +214,8 @@ class StageConfig:
     INPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
     OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
 
-    profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU",
+    profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU; "
+                          "original: full with the original project's method (the baseline)",
                           choices=PROFILES)
     data_dir: str = option("data", "every input and output defaults to a fixed name under it")
 
@@ -309,6 +313,14 @@ class StageConfig:
         values = dict(cls.overrides(profile))
         values.update({k: v for k, v in cls.check_params(params).items() if v is not None})
         return cls(profile=profile, **values)
+
+    @classmethod
+    def from_notebook(cls, namespace: Mapping[str, Any]):
+        """Build from a notebook's variables (`globals()`): `profile` and every name that is one of this config's
+        fields (the parameters cell's, as papermill injected them); any other name is not read. So each parameter
+        is written once, in the parameters cell (tests/test_notebooks.py checks the names against the fields)."""
+        params = {name: namespace[name] for name in cls.field_names() if name in namespace and name != "profile"}
+        return cls.from_params(profile=namespace.get("profile", "demo"), **params)
 
     @classmethod
     def defaults(cls, profile: str) -> dict[str, Any]:

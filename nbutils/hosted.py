@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 SECRET_NAMES = ("GROQ_API_KEY", "HF_TOKEN", "OPENAI_API_KEY")
 

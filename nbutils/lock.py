@@ -16,8 +16,9 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .io import resolve_data_dir
 
@@ -60,7 +61,7 @@ def describe(holder: dict) -> str:
 def data_dir_lock(data_dir: str | os.PathLike, command: str = "") -> Iterator[Path]:
     """Hold the data_dir's lock for the block; DataDirBusy when a live process holds it. Reentrant within a
     process, and passed through by the holder's children."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     path = lock_path(data_dir)
     key = str(path)
@@ -91,7 +92,7 @@ def data_dir_lock(data_dir: str | os.PathLike, command: str = "") -> Iterator[Pa
                               f"it), then rerun. Lock file: {path}") from None
         token = uuid.uuid4().hex
         holder = {"pid": os.getpid(), "command": command or " ".join(sys.argv)[:200], "token": token,
-                  "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                  "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         previous = os.environ.get(TOKEN_ENV)

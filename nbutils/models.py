@@ -7,9 +7,9 @@ import importlib.util
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .io import DataPaths
 
@@ -33,7 +33,6 @@ SMOLLM2 = EmbeddedModel(
     folder="SmolLM2-135M-Instruct",
 )
 EMBEDDED_MODELS = {SMOLLM2.hub_id: SMOLLM2, SMOLLM2.folder: SMOLLM2, "embedded": SMOLLM2}
-DEFAULT_EMBEDDED = SMOLLM2.hub_id
 COMPLETE_MARKER = ".nbutils-complete"
 
 
@@ -255,7 +254,7 @@ def naming_source(path: str, what: str) -> Iterator[None]:
         yield
     except ModelLoadError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
         if type(e).__name__ in ("OutOfMemoryError",):
             raise
         raise ModelLoadError(f"cannot load the {what} from {path}: {type(e).__name__}: {e}") from e

@@ -1,8 +1,8 @@
 """Small plotting helpers shared by the stages (matplotlib, Agg-safe; each returns the Figure and can save it)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 

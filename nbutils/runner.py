@@ -1,14 +1,14 @@
 """Run the notebook series 01 -> 05 with papermill: one run folder, a line per stage, stop at the first failure."""
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .config import check_profile, coerce, parse_literal
+from .config import check_profile
 from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
 from .lock import data_dir_lock
 from .redact import redact_notebook, redact_values
@@ -20,7 +20,7 @@ STAGE_CONFIGS = {  # notebook -> the config class whose field types check its -p
     "02_parse": ("nbutils.parse", "ParseConfig"),
     "03_generate": ("nbutils.generate", "GenerateConfig"),
     "04_finetune": ("nbutils.finetune", "FinetuneConfig"),
-    "05_evaluate": ("nbutils.evaluate", "EvalConfig"),
+    "05_evaluate": ("nbutils.evaluate", "EvaluateConfig"),
 }
 
 
@@ -78,11 +78,6 @@ def select_stages(notebooks: list[Path], start: str | None = None, only: Iterabl
     return notebooks
 
 
-def parse_value(text: str) -> Any:
-    """An untyped `-p key value` string as papermill would type it (typed per stage later by `typed_parameters`)."""
-    return parse_literal(text)
-
-
 def stage_config_class(stage: str):
     """The config class behind a stage notebook, or None for a notebook without one."""
     import importlib
@@ -97,17 +92,12 @@ def typed_parameters(stage: str, values: dict[str, Any], raw: dict[str, str] | N
     cls = stage_config_class(stage)
     if cls is None:
         return values
-    hints, fields_ = cls.type_hints(), {f.name: f for f in __import__("dataclasses").fields(cls)}
-    out = {}
-    for name, value in values.items():
-        if name in fields_ and value is not None:
-            given = (raw or {}).get(name, value)
-            try:
-                value = coerce(name, given, hints[name], fields_[name].metadata.get("choices"))
-            except ValueError as e:
-                raise ValueError(f"{stage}: {e}") from None
-        out[name] = value
-    return out
+    known = set(cls.field_names())
+    given = {k: (raw or {}).get(k, v) for k, v in values.items() if k in known and v is not None}
+    try:
+        return {**values, **cls.check_params(given)}
+    except ValueError as e:
+        raise ValueError(f"{stage}: {e}") from None
 
 
 def check_stage_config(stage: str, profile: str, data_dir: Path, values: dict[str, Any]) -> None:
@@ -175,7 +165,7 @@ def describe_failure(stage: str, err: Exception) -> str:
 
 
 def new_run_dir(data_dir: str | Path, profile: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = DataPaths(data_dir).runs / f"{stamp}-{profile}"
     n = 1
     while run_dir.exists():

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .io import MARKER, DataPaths, atomic_folder, read_json, read_jsonl, sha256_file, write_json
 from .triples import clean_field

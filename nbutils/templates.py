@@ -42,11 +42,3 @@ def build_prompt(instruction: str, input: str = "", template: str = ALPACA, toke
         return tokenizer.apply_chat_template(chat_messages(instruction, input), tokenize=False,
                                              add_generation_prompt=True)
     raise ValueError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}")
-
-
-def extract_response(generated: str) -> str:
-    """The answer part of a decoded generation that may still contain the prompt (cut after 'Response:')."""
-    marker = "### Response:"
-    if marker in generated:
-        generated = generated.split(marker, 1)[1]
-    return generated.strip()

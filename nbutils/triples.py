@@ -19,7 +19,7 @@ _LABEL_ALIASES = {"instruction": "instruction", "input": "input", "context": "in
 
 # "Triple 1:", "**Triple 1:**", "### Triple 2", "Triple #3 -", "__Triple 4__:", "1. Triple:" is not one.
 _HEADER = re.compile(r"^[ \t>#*_-]*(?:\*\*|__)?\s*triple\s*#?\s*(\d+)\s*(?:\*\*|__)?\s*[:.)\-–]?\s*(?:\*\*|__)?",
-                     re.IGNORECASE | re.MULTILINE)   # a title after the header is ignored; fields may follow on its line
+                     re.IGNORECASE | re.MULTILINE)  # a title after the header is ignored; fields may follow on its line
 # "Instruction: x", "**Instruction:** x", "**Instruction**: x", "- Input: x", "1. Output: x", "### Output:"
 _LABEL = re.compile(r"^[ \t>#*_-]*(?:\d+[.)]\s*)?(?:\*\*|__)?\s*(instruction|input|context|output|response|answer)"
                     r"\s*(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?[ \t]*", re.IGNORECASE | re.MULTILINE)

@@ -4,8 +4,8 @@ ids, duplicated entries, relative links, no Content-Disposition). Test-only; the
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from nbutils.demo_site import DemoPaper, DemoSite
 from nbutils.demo_site.server import Handler, RequestRecord, _page
@@ -35,7 +35,7 @@ class ExtraEntry:
 
 
 class FaultyHandler(Handler):
-    demo: "FaultySite"
+    demo: FaultySite
 
     def intercept(self, rec: RequestRecord, route: str, path: str) -> bool:
         fault = self.demo.page_faults.get(route)

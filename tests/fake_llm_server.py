@@ -18,8 +18,8 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 def default_reply(body: dict) -> str:
@@ -194,7 +194,7 @@ class FakeLLMServer:
                 "usage": {"prompt_tokens": prompt, "completion_tokens": len(content) // 4,
                           "total_tokens": prompt + len(content) // 4}}
 
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
@@ -205,7 +205,7 @@ class FakeLLMServer:
             self._httpd.shutdown()
             self._httpd.server_close()
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

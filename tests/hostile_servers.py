@@ -7,8 +7,8 @@ import gzip
 import html
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -32,7 +32,7 @@ class HostileServer:
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def __enter__(self) -> "HostileServer":
+    def __enter__(self) -> HostileServer:
         site = self
 
         class Handler(BaseHTTPRequestHandler):

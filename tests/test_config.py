@@ -1,11 +1,20 @@
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from nbutils.config import (ConfigValueError, StageConfig, coerce, config_from_argv, option, parameter_table,
-                            parse_literal, stage_main)
+from nbutils.config import (
+    ConfigValueError,
+    StageConfig,
+    coerce,
+    config_from_argv,
+    option,
+    parameter_table,
+    parse_literal,
+    stage_main,
+)
 
 
 @dataclass
@@ -96,3 +105,31 @@ def test_command_line_and_print_config(tmp_path, capsys):
     assert printed["packing"] is True and printed["profile"] == "demo" and printed["max_steps"] == 30
     assert stage_main(ToyConfig, run=lambda c: None, argv=["--lr", "fast"]) == 2
     assert "lr='fast': expected float" in capsys.readouterr().err
+
+
+def stage_configs():
+    import importlib
+
+    from nbutils.runner import STAGE_CONFIGS
+
+    return [getattr(importlib.import_module(mod), name) for mod, name in STAGE_CONFIGS.values()]
+
+
+@pytest.mark.parametrize("cls", stage_configs(), ids=lambda c: c.__name__)
+def test_every_profile_is_data_that_resolves(cls, tmp_path):
+    from nbutils.config import PROFILES
+
+    assert set(cls.PROFILE_OVERRIDES) == set(PROFILES) - {"full"}   # full = the field defaults
+    for profile in PROFILES:
+        cfg = cls.from_params(profile=profile, data_dir=str(tmp_path))
+        for k, v in cls.overrides(profile).items():
+            assert getattr(cfg, k) == v, (profile, k)
+
+
+def test_original_recipe_lives_in_one_place():
+    from nbutils.finetune import FinetuneConfig
+
+    original = FinetuneConfig.overrides("original")
+    assert original["memory_mode"] == "lean" and original["fuse_lora"] is False and original["packing"] is False
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "--profile original" in readme and "-p fuse_lora False" not in readme

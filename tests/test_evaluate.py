@@ -13,10 +13,10 @@ from nbutils import evaluate as ev
 
 # ---------------------------------------------------------------- configuration
 def test_eval_config_field_defaults_are_the_full_recipe_and_demo_overrides_them():
-    full, demo = ev.EvalConfig(), ev.EvalConfig.from_params(profile="demo")
+    full, demo = ev.EvaluateConfig(), ev.EvaluateConfig.from_params(profile="demo")
     assert full.profile == "full" and full.base_model == "meta-llama/Meta-Llama-3-8B"
     assert (full.max_new_tokens, full.batch_size, full.n_bootstrap, full.max_prompt_tokens) == (512, 64, 10000, 2048)
-    assert ev.EvalConfig.from_params(profile="full").to_dict() == full.to_dict()
+    assert ev.EvaluateConfig.from_params(profile="full").to_dict() == full.to_dict()
     assert demo.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert (demo.max_examples, demo.max_new_tokens, demo.batch_size, demo.n_bootstrap, demo.max_prompt_tokens) == (
         12, 40, 12, 1000, 1024)
@@ -25,11 +25,11 @@ def test_eval_config_field_defaults_are_the_full_recipe_and_demo_overrides_them(
 def test_print_config_parses_values_by_type_and_refuses_a_bad_one(capsys):
     from nbutils.config import stage_main
 
-    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--do_sample", "True", "--max_new_tokens", "7",
+    assert stage_main(ev.EvaluateConfig, ev.run, ["--print-config", "--do_sample", "True", "--max_new_tokens", "7",
                                               "--load_in_4bit", "none"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert (cfg["do_sample"], cfg["max_new_tokens"], cfg["load_in_4bit"], cfg["profile"]) == (True, 7, None, "demo")
-    assert stage_main(ev.EvalConfig, ev.run, ["--print-config", "--judge_backend", "grok"]) == 2
+    assert stage_main(ev.EvaluateConfig, ev.run, ["--print-config", "--judge_backend", "grok"]) == 2
     assert "judge_backend='grok'" in capsys.readouterr().err
 
 
@@ -215,7 +215,7 @@ def test_original_json_end_to_end_is_deterministic_and_resumable(data_dir_with_m
 
 
 def check_end_to_end(d: Path, params: dict) -> None:
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(d), **params)
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(d), **params)
     first = ev.run(cfg, verbose=False)   # loading the model itself (the CLI's path)
     reports = d / "reports"
     for name in ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md"):
@@ -242,7 +242,7 @@ def check_end_to_end(d: Path, params: dict) -> None:
 
     # resume: a second run reuses every cached prediction (no generate call at all); one model load for both
     # (the notebook's path: the model is loaded in its own cell and passed in)
-    from nbutils.generation.engine import Session
+    from nbutils.decoding.engine import Session
 
     model, tok = ev.load_model_with_adapter(cfg, verbose=False)
     calls = []
@@ -265,14 +265,14 @@ def check_end_to_end(d: Path, params: dict) -> None:
 def test_missing_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(ORIGINAL_ROWS))
     with pytest.raises(FileNotFoundError, match="04_finetune"):
-        ev.run(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)
+        ev.run(ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path)), verbose=False)
 
 
 def test_references_from_the_original_json_come_without_its_wrapping_quotes_and_trailing_markup(tmp_path, capsys):
     rows = [{"Instruction": f'"What is claim {i}?"', "Input": "", "Output": f'"Claim {i} holds."\n\n**'}
             for i in range(10)]
     (tmp_path / "arxiv_instruction_dataset.json").write_text(json.dumps(rows))
-    examples = ev.load_eval_examples(ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path)))
+    examples = ev.load_eval_examples(ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path)))
     assert "cleaned 20 of 30 fields" in capsys.readouterr().out
     numbers = [e["instruction"].split()[-1].rstrip("?") for e in examples]
     assert [e["output"] for e in examples] == [f"Claim {n} holds." for n in numbers]
@@ -358,7 +358,7 @@ def test_an_adapter_trained_on_another_base_is_refused_naming_both(tmp_path):
     trained = tiny_llama(tmp_path / "org" / "tiny-base", 32)
     other = tiny_llama(tmp_path / "other" / "tiny-instruct", 32)   # same shapes: PEFT alone would load it
     adapter = tiny_adapter(trained, tmp_path / "adapter")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(other),
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(other),
                                     adapter_dir=str(adapter))
     with pytest.raises(ev.AdapterBaseMismatch, match="was trained on") as e:
         ev.load_model_with_adapter(cfg, verbose=False)
@@ -373,7 +373,7 @@ def test_an_adapter_whose_shapes_do_not_fit_gets_a_clear_message_not_a_size_mism
     trained = tiny_llama(tmp_path / "a" / "tiny", 32)
     wider = tiny_llama(tmp_path / "b" / "tiny", 48)          # same folder name, other shapes
     adapter = tiny_adapter(trained, tmp_path / "adapter")
-    cfg = ev.EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(wider),
+    cfg = ev.EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(wider),
                                     adapter_dir=str(adapter))
     with pytest.raises(ev.AdapterBaseMismatch, match="does not fit base_model") as e:
         load_without_tokenizer(cfg)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from transformers import TrainerCallback
 
-from nbutils.finetune import FinetuneConfig, callbacks, data, launch, resume, runtime
-from nbutils.finetune import train as tr
 from nbutils.config import config_from_argv
+from nbutils.finetune import FinetuneConfig, callbacks, data, resume, runtime, stage
+from nbutils.finetune import train as tr
 from nbutils.finetune.__main__ import main
 from nbutils.io import PROJECT_ROOT
 
@@ -58,9 +57,8 @@ def full_cfg(tmp_path, **kw) -> FinetuneConfig:
     return FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), **kw)
 
 
-# The original project's recipe, spelled with the stage's knobs (README, bench_finetune_gpu.py's "original").
-ORIGINAL_RECIPE = dict(memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
-                       attn_implementation="sdpa", packing=False)
+# The original project's recipe: the `original` profile's overrides (one source: FinetuneConfig.PROFILE_OVERRIDES).
+ORIGINAL_RECIPE = FinetuneConfig.overrides("original")
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +179,9 @@ def test_cli_flags_round_trip(tmp_path):
     cfg = FinetuneConfig.from_params(profile="full", data_dir=str(tmp_path), max_steps=10, lora_r=8,
                                      lora_target_modules=["q_proj", "v_proj"], learning_rate=1e-4,
                                      **ORIGINAL_RECIPE)
-    again, print_only = config_from_argv(FinetuneConfig, launch.cli_args(cfg), "test")
+    again, print_only = config_from_argv(FinetuneConfig, stage.cli_args(cfg), "test")
     assert again.to_dict() == cfg.to_dict() and not print_only
-    cmd = " ".join(launch.launch_command(cfg))
+    cmd = " ".join(stage.launch_command(cfg))
     assert "accelerate.commands.launch --multi_gpu" in cmd and "-m nbutils.finetune" in cmd
 
 

@@ -73,13 +73,14 @@ def test_a_mistyped_flag_fails_on_the_command_line_before_anything_is_touched(tm
 def test_a_mistyped_runner_parameter_fails_before_any_stage_runs(tmp_path, monkeypatch, name, value):
     import papermill as pm
 
-    from nbutils.runner import parse_value, run_pipeline
+    from nbutils.config import parse_literal
+    from nbutils.runner import run_pipeline
 
     make_checkpoints(tmp_path)
     before = snapshot(tmp_path)
     monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: pytest.fail("a stage ran"))
     with pytest.raises(ValueError, match=f"04_finetune: {name}={value!r}"):
-        run_pipeline("demo", tmp_path, params={name: parse_value(value)}, raw={name: value}, only=["04"])
+        run_pipeline("demo", tmp_path, params={name: parse_literal(value)}, raw={name: value}, only=["04"])
     assert snapshot(tmp_path) == before and not (tmp_path / "runs").exists()
 
 

@@ -9,13 +9,12 @@ import types
 
 import pytest
 import torch
+from test_finetune import ORIGINAL_RECIPE, full_cfg
 
 from nbutils.finetune import FinetuneConfig, resume, runtime
 from nbutils.finetune import train as tr
 from nbutils.finetune.config import FAST_MIN_GPU_GIB_FUSED_DROPOUT
 from nbutils.io import PROJECT_ROOT
-
-from test_finetune import ORIGINAL_RECIPE, full_cfg
 
 
 def test_cpu_runtime_falls_back_and_says_so(tmp_path):

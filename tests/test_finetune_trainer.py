@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from test_finetune import tiny_cfg, write_original_json
 from trl import SFTTrainer
 
 from nbutils.finetune import data, runtime
 from nbutils.finetune import train as tr
 from nbutils.finetune.trainer import SyncFreeSFTTrainer
 from nbutils.models import load_tokenizer
-
-from test_finetune import tiny_cfg, write_original_json
 
 LOGGED = ("loss", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tokens_seen", "grad_norm")
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fake_llm_server import FakeLLMServer
+
 from nbutils.generate import BUILTIN_PROMPTS, GenerateConfig, load_cache, load_prompt, run, select_pages
 from nbutils.io import PROJECT_ROOT, read_json, read_jsonl, write_jsonl
 

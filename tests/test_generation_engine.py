@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams, choose_path, fit_batch_size
-from nbutils.generation.engine import bytes_per_sequence
-from nbutils.generation.lora import DecodeWeights
-from nbutils.generation.plain import generate_plain
-from nbutils.generation.static import StaticDecoder, StaticShape
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams, choose_path, fit_batch_size
+from nbutils.decoding.engine import bytes_per_sequence
+from nbutils.decoding.lora import DecodeWeights
+from nbutils.decoding.plain import generate_plain
+from nbutils.decoding.static import StaticDecoder, StaticShape
 
 VOCAB, PAD, EOS = 96, 0, 1
 
@@ -69,7 +69,7 @@ def test_static_loop_gives_generates_greedy_tokens():
     batch = prompts()
     plain = generate_plain(model, batch, PAD, [PAD, EOS], GREEDY)
     static = static_tokens(model, batch)
-    from nbutils.generation import rows_from_new_tokens
+    from nbutils.decoding import rows_from_new_tokens
 
     assert [r["ids"] for r in rows_from_new_tokens(static, [PAD, EOS])] == [r["ids"] for r in plain]
 
@@ -117,7 +117,7 @@ def test_merged_adapter_answers_equal_unmerged_and_model_is_restored():
         w.use_adapter(False)
         base = static_tokens(model.get_base_model(), batch)
     assert torch.allclose(merged_logits, ref_logits, atol=1e-4, rtol=1e-4)
-    from nbutils.generation import rows_from_new_tokens
+    from nbutils.decoding import rows_from_new_tokens
 
     assert [r["ids"] for r in rows_from_new_tokens(tuned, [PAD, EOS])] == [r["ids"] for r in unmerged_tuned]
     assert [r["ids"] for r in rows_from_new_tokens(base, [PAD, EOS])] == [r["ids"] for r in unmerged_base]
@@ -185,7 +185,7 @@ def test_batch_size_fits_free_memory():
 def test_gqa_decode_attention_equals_sdpa_with_repeated_heads():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from nbutils.generation.gqa import applies, gqa_decode_attention
+    from nbutils.decoding.gqa import applies, gqa_decode_attention
 
     g = torch.Generator().manual_seed(0)
     B, H, Hkv, L, D = 3, 8, 2, 20, 16
@@ -209,7 +209,7 @@ def test_static_decoder_is_reused_across_calls_of_smaller_shape():
     model = tiny_llama()
     tok = IdTokenizer()
     engine = GenerationEngine(model, tok, EngineSettings(path="static", compile=False))
-    from nbutils.generation import generate_in_order
+    from nbutils.decoding import generate_in_order
 
     long_rows, _ = generate_in_order(engine, prompts(6), GREEDY, batch_size=4)
     short = [p[:3] for p in prompts(2)]

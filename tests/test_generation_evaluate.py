@@ -3,12 +3,11 @@ keys of caches written before the engine, and answers through a session equal th
 from __future__ import annotations
 
 import torch
-
-from nbutils.evaluate import EvalConfig, generate_answers
-from nbutils.evaluate.stage import run_key
-from nbutils.generation import EngineSettings, GenerationEngine, GenParams
-
 from test_generation_engine import IdTokenizer, prompts, tiny_llama, with_lora
+
+from nbutils.decoding import EngineSettings, GenerationEngine, GenParams
+from nbutils.evaluate import EvaluateConfig, generate_answers
+from nbutils.evaluate.stage import run_key
 
 
 class PromptTokenizer(IdTokenizer):
@@ -19,7 +18,7 @@ class PromptTokenizer(IdTokenizer):
 
 
 def test_run_key_changes_with_the_engine_key_and_not_for_the_plain_path():
-    cfg = EvalConfig()
+    cfg = EvaluateConfig()
     fp, gen = {"base": "b", "adapter": "a"}, GenParams()
     plain = run_key(cfg, fp, "tuned", "alpaca", gen, False)
     assert run_key(cfg, fp, "tuned", "alpaca", gen, False, "") == plain
@@ -33,9 +32,9 @@ def test_eval_config_engine_is_checked():
 
     from nbutils.config import ConfigValueError
 
-    assert EvalConfig().engine == "auto"
+    assert EvaluateConfig().engine == "auto"
     with pytest.raises(ConfigValueError):
-        EvalConfig.from_params(profile="demo", engine="fast")
+        EvaluateConfig.from_params(profile="demo", engine="fast")
 
 
 def test_generate_answers_through_a_session_equals_the_plain_path_for_both_passes():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from nbutils.generation import EngineSettings, GenerationEngine
-from nbutils.generation.local import complete_prompts
-
 from test_generation_engine import IdTokenizer, prompts, tiny_llama
+
+from nbutils.decoding import EngineSettings, GenerationEngine
+from nbutils.decoding.local import complete_prompts
 
 
 class PromptTokenizer(IdTokenizer):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from hosted_fakes import NotebookAccessError, fake_colab_modules, fake_kaggle_modules
+
 from nbutils import hosted
 from nbutils.io import PROJECT_ROOT
 from nbutils.runner import discover_notebooks

@@ -3,8 +3,15 @@ import os
 
 import pytest
 
-from nbutils.io import (PROJECT_ROOT, DataPaths, append_jsonl, atomic_write_text, read_jsonl,
-                        resolve_data_dir, write_jsonl)
+from nbutils.io import (
+    PROJECT_ROOT,
+    DataPaths,
+    append_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    resolve_data_dir,
+    write_jsonl,
+)
 
 
 def test_relative_data_dir_resolves_against_project_root_from_any_cwd(tmp_path, monkeypatch):

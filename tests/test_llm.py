@@ -2,10 +2,18 @@
 import time
 
 import pytest
-
 from fake_llm_server import FakeLLMServer
-from nbutils.llm import (LLMError, RateLimiter, RetryPolicy, complete_many, complete_with_retries,
-                         iter_completions, make_backend, parse_duration)
+
+from nbutils.llm import (
+    LLMError,
+    RateLimiter,
+    RetryPolicy,
+    complete_many,
+    complete_with_retries,
+    iter_completions,
+    make_backend,
+    parse_duration,
+)
 
 MSG = [{"role": "user", "content": "Text: rotary embeddings rotate query and key vectors by position."}]
 FAST = RetryPolicy(max_attempts=4, base_s=0.05, cap_s=0.2)

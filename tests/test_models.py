@@ -3,8 +3,13 @@ import importlib.util
 import pytest
 
 from nbutils import models
-from nbutils.models import (COMPLETE_MARKER, ModelNotAvailable, find_embedded_gguf, provision_embedded_model,
-                            resolve_model_path)
+from nbutils.models import (
+    COMPLETE_MARKER,
+    ModelNotAvailable,
+    find_embedded_gguf,
+    provision_embedded_model,
+    resolve_model_path,
+)
 
 
 def test_missing_package_gives_an_error_that_says_what_to_run(monkeypatch):

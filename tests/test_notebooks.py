@@ -55,3 +55,29 @@ def test_committed_without_outputs_or_secrets(path):
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
     assert not SECRET.search("".join(c.source for c in nb.cells))
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_reach_the_config_once_and_match_its_fields(path):
+    """Every parameters-cell name is a field of the stage's config, and `XConfig.from_notebook(globals())` takes
+    exactly those names from the notebook (the cells before the config cell), nothing else."""
+    from nbutils.runner import stage_config_class
+
+    cls = stage_config_class(path.stem)
+    if cls is None:
+        pytest.skip("not a stage notebook")
+    nb = nbformat.read(str(path), as_version=4)
+    cell = parameters_cell(nb)
+    names = {t.id for node in ast.parse(cell.source).body for t in node.targets}
+    assert names <= set(cls.field_names()), f"not {cls.__name__} fields: {sorted(names - set(cls.field_names()))}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    config_cell = next(c for c in code if "from_notebook(globals())" in c.source)
+    assert "from_params" not in "".join(c.source for c in code), "parameters written out again"
+    namespace: dict = {}
+    for c in code[: code.index(config_cell)]:                  # the set-up cell (a no-op here) and the parameters
+        exec(compile(c.source, path.name, "exec"), namespace)
+    picked = {n for n in cls.field_names() if n in namespace}
+    assert picked == names, f"taken from outside the parameters cell: {sorted(picked - names)}"
+    cfg = cls.from_notebook({**namespace, "data_dir": "/tmp/nb-data"})
+    assert cfg.to_dict() == cls.from_params(profile=namespace["profile"], data_dir="/tmp/nb-data",
+                                            **{n: namespace[n] for n in names - {"profile", "data_dir"}}).to_dict()

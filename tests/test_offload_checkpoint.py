@@ -7,8 +7,12 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from nbutils.kernels.fused_lora import fuse_lora_layers  # noqa: E402
-from nbutils.kernels.offload_checkpoint import (offloaded_checkpoint, offloaded_checkpointing_callback,  # noqa: E402
-                                        offloaded_layer_count, use_offloaded_checkpointing)
+from nbutils.kernels.offload_checkpoint import (  # noqa: E402
+    offloaded_checkpoint,
+    offloaded_checkpointing_callback,
+    offloaded_layer_count,
+    use_offloaded_checkpointing,
+)
 
 
 def tiny_lora_llama(dropout: float, layers: int = 3):

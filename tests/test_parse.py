@@ -11,8 +11,18 @@ from reportlab.lib.pagesizes import letter
 from reportlab.pdfgen import canvas
 
 from nbutils.io import read_json, read_jsonl
-from nbutils.parse import (ParseConfig, chunk_text, clean_pages, cut_references, drop_running_lines, normalize_text,
-                           parse_file, rejoin_hyphenated, run, run_pool)
+from nbutils.parse import (
+    ParseConfig,
+    chunk_text,
+    clean_pages,
+    cut_references,
+    drop_running_lines,
+    normalize_text,
+    parse_file,
+    rejoin_hyphenated,
+    run,
+    run_pool,
+)
 
 WORDS = ("language models learn from data and the training objective shapes what they represent about "
          "syntax meaning and the world while evaluation measures how well they generalise").split()

@@ -4,8 +4,8 @@ import json
 import nbformat
 import pytest
 
-from nbutils.runner import (StageFailed, discover_notebooks, match_stage, parameters_for, parse_value,
-                            run_pipeline, select_stages)
+from nbutils.config import parse_literal
+from nbutils.runner import StageFailed, discover_notebooks, match_stage, parameters_for, run_pipeline, select_stages
 
 
 def make_notebook(path, body: str, params: str = 'data_dir = "data"\nprofile = "demo"\n'):
@@ -43,7 +43,7 @@ def test_discovery_and_stage_selection(toy_series):
 
 
 def test_parameter_typing_and_routing():
-    assert [parse_value(v) for v in ("3", "0.5", "True", "None", "api", "[1, 2]")] == [3, 0.5, True, None, "api", [1, 2]]
+    assert [parse_literal(v) for v in ("3", "0.5", "True", "None", "api", "[1, 2]")] == [3, 0.5, True, None, "api", [1, 2]]
     assert parameters_for("03_generate", {"backend", "model"}, {"backend": "x", "01.backend": "api"}) == {"backend": "x"}
     assert parameters_for("01_scrape", {"backend"}, {"01.backend": "api"}) == {"backend": "api"}
 
@@ -112,7 +112,7 @@ def stage_named_series(tmp_path):
 ])
 def test_a_mistyped_value_stops_the_run_before_any_stage(stage_named_series, tmp_path, key, text, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(")):
-        run_pipeline(data_dir=tmp_path, params={key: parse_value(text)}, raw={key: text},
+        run_pipeline(data_dir=tmp_path, params={key: parse_literal(text)}, raw={key: text},
                      notebooks_dir=stage_named_series)
     assert not list(tmp_path.glob("*.done")) and not (tmp_path / "runs").exists()
 

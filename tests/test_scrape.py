@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fake_arxiv import ExtraEntry, FaultySite
+
 from nbutils.demo_site import DemoSite, load_corpus
 from nbutils.io import read_json, read_jsonl, sha256_file
 from nbutils.scrape import ScrapeConfig, scrape

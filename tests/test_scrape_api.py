@@ -8,8 +8,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from hostile_servers import HostileServer, atom, atom_feed
+
 from nbutils.io import read_json
 from nbutils.scrape import ScrapeConfig, ScrapeError, scrape
 from nbutils.scrape.api import parse_atom

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hostile_servers import HostileServer, send
+
 from nbutils.scrape import ScrapeConfig, redact, scrape
 
 

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hostile_servers import HostileServer, atom, atom_feed, page, pdf, redirect, search_page, search_result, small_pdf
 
-from hostile_servers import (HostileServer, atom, atom_feed, page, pdf, redirect, search_page, search_result,
-                             small_pdf)
 from nbutils.demo_site import DemoSite
 from nbutils.io import read_json, read_jsonl, sha256_file
 from nbutils.scrape import ScrapeConfig, ScrapeError, scrape

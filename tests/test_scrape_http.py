@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from hostile_servers import HostileServer, atom, atom_feed, drip, gzipped_pdf, pdf, send, small_pdf
+
 from nbutils.io import read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.http import Throttle, retry_after_seconds

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from hostile_servers import HostileServer, atom, atom_feed, pdf, small_pdf
+
 from nbutils.io import read_json, read_jsonl
 from nbutils.scrape import ScrapeConfig, scrape
 from nbutils.scrape.store import load_existing, place_under_id

@@ -1,6 +1,6 @@
 import pytest
 
-from nbutils.templates import build_prompt, extract_response
+from nbutils.templates import build_prompt
 
 
 def test_alpaca_prompt_matches_the_original_sections():
@@ -8,10 +8,6 @@ def test_alpaca_prompt_matches_the_original_sections():
     assert p.index("### Instruction:\nSummarise the method.") < p.index("### Input:\nLoRA adds") < p.index("### Response:\n")
     assert p.endswith("### Response:\n")
     assert "### Input:" not in build_prompt("What is QLoRA?", "  ")
-
-
-def test_extract_response_cuts_after_the_response_marker():
-    assert extract_response(build_prompt("Q?") + " The answer. ") == "The answer."
 
 
 def test_chat_template_needs_a_tokenizer_and_unknown_template_is_refused():

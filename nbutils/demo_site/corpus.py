@@ -90,9 +90,9 @@ def parse_paper(text: str, source: str = "<text>") -> DemoPaper:
         if not sections:
             raise ValueError(f"{source}: text before the first '## ' heading")
         if sections[-1][0].lower() == "references":
-            sections[-1][1].extend(l.strip() for l in lines if l.strip())
+            sections[-1][1].extend(line.strip() for line in lines if line.strip())
         else:
-            sections[-1][1].append(" ".join(l.strip() for l in lines))
+            sections[-1][1].append(" ".join(line.strip() for line in lines))
     by_name = {h.lower(): paras for h, paras in sections}
     if "abstract" not in by_name or "references" not in by_name:
         raise ValueError(f"{source}: needs '## Abstract' and '## References' sections")

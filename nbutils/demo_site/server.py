@@ -75,7 +75,7 @@ class DemoSite:
         self.base_url = ""
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> "DemoSite":
+    def start(self) -> DemoSite:
         if self._server:
             return self
         self.pdf_paths = {p.base_id: cached_pdf(p, self.cache_dir) for p in self.papers}
@@ -99,7 +99,7 @@ class DemoSite:
             if self._thread:
                 self._thread.join(timeout=5)
 
-    def __enter__(self) -> "DemoSite":
+    def __enter__(self) -> DemoSite:
         return self.start()
 
     def __exit__(self, *exc) -> None:

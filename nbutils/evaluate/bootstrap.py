@@ -2,8 +2,8 @@
 difference reflects the difference, not how much the examples vary in difficulty."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -5,17 +5,21 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from nbutils.config import StageConfig, option
+from nbutils.decoding.params import GenParams
+from nbutils.finetune.config import EVAL_BF16_MIN_GPU_GIB
 
 JUDGE_BACKENDS = ("", "groq", "openai", "local")
 
 
 @dataclass
-class EvalConfig(StageConfig):
+class EvaluateConfig(StageConfig):
     """Base vs tuned on the held-out split: generation, scoring, bootstrap and the optional judge."""
 
     PROFILE_OVERRIDES: ClassVar[dict] = {
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
                  "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024},
+        # the original's loop: one example per HF generate, sampled (temperature/top_p 0.5), 4-bit base
+        "original": {"do_sample": True, "batch_size": 1, "engine": "plain", "load_in_4bit": True},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "adapter_dir": "adapter", "reports_dir": "reports",
                                    "cache_dir": "cache"}
@@ -39,7 +43,8 @@ class EvalConfig(StageConfig):
     temperature: float = option(0.5, "used only when do_sample (the original's value)", gt=0)
     top_p: float = option(0.5, "used only when do_sample (the original's value)", gt=0, le=1)
     seed: int = option(42, "sampling and bootstrap seed", ge=0)
-    load_in_4bit: bool | None = option(None, "None: 4-bit only on a CUDA GPU with < 40 GiB; bf16 otherwise")
+    load_in_4bit: bool | None = option(None, f"None: 4-bit only on a CUDA GPU with < {EVAL_BF16_MIN_GPU_GIB:g} GiB; "
+                                             "bf16 otherwise")
     static_cache: bool = option(False, "plain path only: generate(cache_implementation='static')")
     engine: str = option("auto", "generation engine: auto (static KV cache + CUDA graphs, adapter merged, on a GPU; "
                          "plain HF generate on CPU), plain or static", choices=("auto", "plain", "static"))
@@ -53,3 +58,8 @@ class EvalConfig(StageConfig):
     judge_model: str | None = option(None, "None: the backend's default model")
     judge_base_url: str | None = option(None, "OpenAI-compatible server URL (judge_backend='openai')")
     judge_max_examples: int = option(0, "0: judge every evaluated example", ge=0)
+
+    def gen_params(self) -> GenParams:
+        """The decoding settings of both passes (base and tuned)."""
+        return GenParams(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                         top_p=self.top_p, seed=self.seed, static_cache=self.static_cache)

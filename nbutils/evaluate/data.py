@@ -6,12 +6,12 @@ from pathlib import Path
 from nbutils.io import read_json
 from nbutils.templates import ALPACA
 
-from .config import EvalConfig
+from .config import EvaluateConfig
 
 TRAIN_LOG = "train_log.json"  # written into the adapter folder by 04 (nbutils.finetune.TRAIN_LOG)
 
 
-def load_eval_examples(cfg: EvalConfig, verbose: bool = True) -> list[dict]:
+def load_eval_examples(cfg: EvaluateConfig, verbose: bool = True) -> list[dict]:
     """The rows to evaluate: the frozen split's `cfg.split`, first `max_examples` (0: all); rows without an
     instruction or a reference answer are skipped with a message naming them."""
     from nbutils.splits import load_split
@@ -52,7 +52,7 @@ def recorded_template(adapter_dir: str | Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def resolve_template(cfg: EvalConfig) -> str:
+def resolve_template(cfg: EvaluateConfig) -> str:
     recorded = recorded_template(cfg.adapter_dir)
     if cfg.template and recorded and cfg.template != recorded:
         print(f"warning: the adapter was trained with template {recorded!r} but template={cfg.template!r} "

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from nbutils.io import sha256_text
 
+from .answers import PredictionCache
 from .bootstrap import mean_spec, paired_bootstrap
-from .generation import PredictionCache
 
 JUDGE_SYSTEM = ("You are a strict, impartial grader of answers to questions about research papers. Judge which "
                 "answer is more correct, complete and faithful to the reference answer. Ignore answer order and "

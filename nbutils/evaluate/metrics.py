@@ -2,8 +2,8 @@
 corpus BLEU (sacrebleu) from per-example sufficient statistics, answer lengths; and each as a bootstrap spec."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

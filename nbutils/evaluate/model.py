@@ -6,7 +6,8 @@ from pathlib import Path
 
 from nbutils.io import read_json, sha256_file, sha256_text
 
-from .config import EvalConfig
+from ..finetune.config import EVAL_BF16_MIN_GPU_GIB
+from .config import EvaluateConfig
 from .data import TRAIN_LOG, read_train_log
 
 
@@ -63,7 +64,7 @@ def describe_trained_on(recorded: dict[str, str]) -> str:
     return "; ".join(f"{name!r} ({', '.join(wheres)})" for name, wheres in by_name.items())
 
 
-def check_adapter_base(cfg: EvalConfig) -> None:
+def check_adapter_base(cfg: EvaluateConfig) -> None:
     """Refuse an adapter trained on another base than cfg.base_model, naming both (before anything loads)."""
     recorded = trained_on(cfg.adapter_dir)
     if not recorded or any(same_model(n, r) for n in names_of(cfg.base_model) for r in recorded.values()):
@@ -75,7 +76,7 @@ def check_adapter_base(cfg: EvalConfig) -> None:
         f"notebooks/04_finetune.ipynb on {cfg.base_model!r}.")
 
 
-def attach_adapter(base, cfg: EvalConfig):
+def attach_adapter(base, cfg: EvaluateConfig):
     """The PeftModel of `base` with the adapter attached; an adapter whose weights do not fit the base's shapes
     is refused naming both models (instead of PEFT's raw "size mismatch" list)."""
     from peft import PeftModel
@@ -93,7 +94,7 @@ def attach_adapter(base, cfg: EvalConfig):
             f"retrain notebooks/04_finetune.ipynb on {cfg.base_model!r}.") from None
 
 
-def choose_4bit(cfg: EvalConfig, device: str) -> bool:
+def choose_4bit(cfg: EvaluateConfig, device: str) -> bool:
     """bf16 (adapter attached, no dequantisation in every matmul) unless the GPU is small."""
     if cfg.load_in_4bit is not None:
         return bool(cfg.load_in_4bit) and device == "cuda"
@@ -101,10 +102,10 @@ def choose_4bit(cfg: EvalConfig, device: str) -> bool:
         return False
     import torch
 
-    return torch.cuda.get_device_properties(0).total_memory < 40 * 2**30
+    return torch.cuda.get_device_properties(0).total_memory < EVAL_BF16_MIN_GPU_GIB * 2**30
 
 
-def load_tokenizer_for_eval(cfg: EvalConfig):
+def load_tokenizer_for_eval(cfg: EvaluateConfig):
     """The adapter's tokenizer when 04 saved one (same special tokens as training), else the base's;
     left padding, pad = eos when the tokenizer has none."""
     from transformers import AutoTokenizer
@@ -121,7 +122,7 @@ def load_tokenizer_for_eval(cfg: EvalConfig):
     return tok
 
 
-def load_model_with_adapter(cfg: EvalConfig, verbose: bool = True):
+def load_model_with_adapter(cfg: EvaluateConfig, verbose: bool = True):
     """(PeftModel in eval mode, tokenizer): the base loaded once, the adapter attached (not merged). The
     adapter must have been trained on cfg.base_model (checked by name first, then by shape)."""
     from nbutils.models import describe_runtime, load_causal_lm, pick_device
@@ -142,7 +143,7 @@ def load_model_with_adapter(cfg: EvalConfig, verbose: bool = True):
     return model, load_tokenizer_for_eval(cfg)
 
 
-def model_fingerprint(cfg: EvalConfig) -> dict:
+def model_fingerprint(cfg: EvaluateConfig) -> dict:
     """What identifies the weights (for the prediction cache): base name + config hash + its weight files' names,
     sizes and mtimes (or hub revision), adapter weights hash."""
     from nbutils.models import resolve_model_path, weights_id

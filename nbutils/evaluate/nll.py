@@ -2,11 +2,11 @@
 the answer the data says is right, independent of what it would generate."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .generation import encode_prompts, left_pad, length_sorted_batches
+from .answers import encode_prompts, left_pad, length_sorted_batches
 
 
 def reference_nll(model, tok, prompts: Sequence[str], references: Sequence[str], batch_size: int = 8,

@@ -11,8 +11,6 @@ from nbutils.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 
 from .metrics import METRIC_LABELS, ROUGE_TYPES
 
-REPORT_FILES = ("metrics.json", "predictions.jsonl", "metrics_ci.png", "deltas_hist.png", "report.md")
-
 
 def verdict(m: dict) -> str:
     """'yes' / 'no' when the CI of tuned − base excludes 0, else 'not shown (...)'; descriptive metrics say so."""
@@ -76,13 +74,14 @@ def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str
     parts = [
         "# 05 evaluate: base vs tuned",
         f"{result['n_examples']} held-out examples ({result['split']} split), prompt template `{result['template']}`, "
-        f"{how} decoding, max_new_tokens={g['max_new_tokens']}. Paired bootstrap ({b['n']} resamples, seed {b['seed']}) "
+        f"{how} decoding, max_new_tokens={g['max_new_tokens']}. "
+        f"Paired bootstrap ({b['n']} resamples, seed {b['seed']}) "
         f"{int(b['confidence'] * 100)}% percentile intervals. BLEU is corpus BLEU (sacrebleu); reference NLL is the "
         "mean negative log-likelihood per token of the reference answer given the prompt (lower is better).",
         metrics_table(result["metrics"]),
-        *(["*Only %d examples: percentile bootstrap intervals are too narrow for samples this small; read them as "
-           "indicative. Evaluate more examples (max_examples=0: the whole split) before drawing conclusions.*"
-           % result["n_examples"]] if result["n_examples"] < 30 else []),
+        *([f"*Only {result['n_examples']} examples: percentile bootstrap intervals are too narrow for samples this "
+           "small; read them as indicative. Evaluate more examples (max_examples=0: the whole split) before drawing "
+           "conclusions.*"] if result["n_examples"] < 30 else []),
         "![base vs tuned](metrics_ci.png)\n\n![per-example differences](deltas_hist.png)",
         examples_markdown(per_example, n_show),
     ]

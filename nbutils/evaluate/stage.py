@@ -5,82 +5,34 @@ disabled (`with model.disable_adapter():`), the tuned model with it enabled. Gen
 batched with left padding over length-sorted prompts, and cached per example so a killed run resumes.
 Metrics: ROUGE-1/2/L, corpus BLEU, the reference answer's mean token NLL / perplexity under each model, answer
 lengths; every one with a paired bootstrap 95% CI of tuned - base. `run(cfg)` writes reports/ and returns an
-EvalResult.
+EvaluateResult.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from nbutils.lock import locked_stage
+from nbutils.decoding import EngineSettings, GenerationEngine
 from nbutils.io import sha256_text
-from nbutils.result import StageResult
+from nbutils.lock import locked_stage
 from nbutils.templates import build_prompt
 
+from .answers import GenParams, PredictionCache, encode_prompts, generate_answers
 from .bootstrap import paired_bootstrap
-from .config import EvalConfig
+from .config import EvaluateConfig
 from .data import load_eval_examples, resolve_template
-from nbutils.generation import EngineSettings, GenerationEngine
-
-from .generation import GenParams, PredictionCache, encode_prompts, generate_answers
 from .judge import judge_metrics, judge_pairwise
 from .metrics import METRIC_LABELS, ROUGE_TYPES, bleu_stats, build_specs, rouge_scores, sentence_bleu, word_count
 from .model import check_adapter, load_model_with_adapter, model_fingerprint
 from .nll import reference_nll
-from .report import verdict, write_reports
-
-HEADLINE = ("rougeL", "bleu", "ref_nll")  # the metrics summary() names
-
-
-@dataclass
-class EvalResult(StageResult):
-    """What 05 found: `report` is metrics.json's content (metrics with CIs, configuration, runtime)."""
-
-    report: dict[str, Any]
-    reports_dir: str
-
-    @property
-    def metrics(self) -> dict[str, dict]:
-        return self.report["metrics"]
-
-    @property
-    def runtime(self) -> dict[str, Any]:
-        return self.report.get("runtime", {})
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per metric: base, tuned, their difference with its CI, and whether tuned is better."""
-        out = []
-        for name, m in self.metrics.items():
-            lo, hi = m["delta_ci"]
-            out.append({"metric": METRIC_LABELS.get(name, name), "base": m["base"], "tuned": m["tuned"],
-                        "delta": m["delta"], "delta_ci_low": lo, "delta_ci_high": hi,
-                        "tuned_better": verdict(m)})
-        return out
-
-    def summary(self) -> str:
-        r, level = self.report, int(round(self.report["bootstrap"]["confidence"] * 100))
-        parts, verdicts = [], {"yes": [], "no": []}
-        for name, m in self.metrics.items():
-            lo, hi = m["delta_ci"]
-            if name in HEADLINE:
-                parts.append(f"{METRIC_LABELS[name]} {m['base']:.4g} -> {m['tuned']:.4g} "
-                             f"({m['delta']:+.3g}, {level}% CI [{lo:+.3g}, {hi:+.3g}])")
-            verdicts.get(verdict(m), []).append(METRIC_LABELS.get(name, name))
-        better = ", ".join(verdicts["yes"]) or "none"
-        worse = f"; worse on: {', '.join(verdicts['no'])}" if verdicts["no"] else ""
-        seconds = self.runtime.get("seconds_total")
-        return (f"05 evaluate: {r['n_examples']} {r['split']} examples, template {r['template']!r}, "
-                f"{'sampled' if r['generation']['do_sample'] else 'greedy'} decoding. " + "; ".join(parts)
-                + f". Tuned better ({level}% CI excludes 0) on: {better}{worse}. Reports in {self.reports_dir}"
-                + (f" ({seconds} s)." if seconds is not None else "."))
+from .report import write_reports
+from .result import EvaluateResult
 
 
-def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool,
+def run_key(cfg: EvaluateConfig, fingerprint: dict, variant: str, template: str, gen: GenParams, four_bit: bool,
             engine_key: str = "") -> str:
     """Names one prediction cache: the weights, adapter on/off, template, generation and prompt settings, and the
     engine settings that change answers (none for the plain path, so older caches stay valid)."""
@@ -89,16 +41,11 @@ def run_key(cfg: EvalConfig, fingerprint: dict, variant: str, template: str, gen
                        *([engine_key] if engine_key else []))[:20]
 
 
-def gen_params(cfg: EvalConfig) -> GenParams:
-    return GenParams(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-                     top_p=cfg.top_p, seed=cfg.seed, static_cache=cfg.static_cache)
-
-
-def answer_and_score(cfg: EvalConfig, model, tok, prompts: list[str], refs: list[str],
+def answer_and_score(cfg: EvaluateConfig, model, tok, prompts: list[str], refs: list[str],
                      cache_key) -> tuple[dict, dict, dict]:
     """Per variant (base = adapter off, tuned = adapter on): generated answers and reference NLLs, through one
-    engine session for both passes (nbutils.generation); and what the engine ran."""
-    gen = gen_params(cfg)
+    engine session for both passes (nbutils.decoding); and what the engine ran."""
+    gen = cfg.gen_params()
     nll_bs = cfg.nll_batch_size or cfg.batch_size
     answers, nll = {}, {}
     lengths = [len(x) for x in encode_prompts(tok, prompts, cfg.max_prompt_tokens)[0]]
@@ -118,7 +65,7 @@ def answer_and_score(cfg: EvalConfig, model, tok, prompts: list[str], refs: list
         return answers, nll, session.describe()
 
 
-def judge(cfg: EvalConfig, rows: list[dict], refs: list[str], answers: dict) -> list[dict] | None:
+def judge(cfg: EvaluateConfig, rows: list[dict], refs: list[str], answers: dict) -> list[dict] | None:
     """The optional pairwise LLM judge (cfg.judge_backend), on the first judge_max_examples rows."""
     if not cfg.judge_backend:
         return None
@@ -131,7 +78,7 @@ def judge(cfg: EvalConfig, rows: list[dict], refs: list[str], answers: dict) -> 
                           Path(cfg.cache_dir) / "eval" / "judge.jsonl")
 
 
-def score(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, template: str,
+def score(cfg: EvaluateConfig, rows, prompts, refs, answers: dict, nll: dict, template: str,
           judged: list[dict] | None = None) -> tuple[dict, list[dict]]:
     """Metrics with bootstrap CIs (metrics.json's content) and the per-example records, from finished answers."""
     texts = {v: [a["text"] for a in answers[v]] for v in ("base", "tuned")}
@@ -160,7 +107,8 @@ def score(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, templa
         "n_examples": len(rows), "template": template, "split": cfg.split,
         "reference_words_mean": float(np.mean([word_count(x) for x in refs])),
         "generation": {"do_sample": cfg.do_sample, "max_new_tokens": cfg.max_new_tokens,
-                       **({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed} if cfg.do_sample else {})},
+                       **({"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+                          if cfg.do_sample else {})},
         "bootstrap": {"n": cfg.n_bootstrap, "seed": cfg.seed, "confidence": cfg.confidence, "paired": True},
         "metrics": metrics, "labels": METRIC_LABELS,
         "config": cfg.to_dict(),
@@ -169,7 +117,7 @@ def score(cfg: EvalConfig, rows, prompts, refs, answers: dict, nll: dict, templa
 
 
 @locked_stage("05_evaluate")
-def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResult:
+def run(cfg: EvaluateConfig, model=None, tok=None, verbose: bool = True) -> EvaluateResult:
     """Generate and score base and tuned answers; write reports/ (metrics.json, predictions.jsonl, plots,
     report.md). `model`/`tok` may be passed in (a PeftModel, as the notebook does) to skip loading."""
     from nbutils.models import pick_device
@@ -199,4 +147,4 @@ def run(cfg: EvalConfig, model=None, tok=None, verbose: bool = True) -> EvalResu
                          "generated_tokens": int(sum(a["n_new_tokens"] for v in answers.values() for a in v)),
                          "prompts_truncated": n_cut, "fingerprint": fp}
     write_reports(cfg.reports_dir, result, per_example, cfg.n_show)
-    return EvalResult(report=result, reports_dir=str(cfg.reports_dir))
+    return EvaluateResult(report=result, reports_dir=str(cfg.reports_dir))

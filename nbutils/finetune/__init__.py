@@ -20,16 +20,16 @@ memory mode chosen from the GPU's memory (config.py holds the thresholds). Its d
   a non-finite loss stops the run with a clear error; an out-of-memory error names the knobs to turn.
 
 Modules: config (knobs, thresholds), runtime (what this machine does), data, callbacks, resume, train (one
-process), report (log, plot, result), launch (run: here or under accelerate), trainer (SyncFreeSFTTrainer),
+process), result (log, plot, FinetuneResult), stage (run: here or under accelerate), trainer (SyncFreeSFTTrainer),
 __main__ (`python -m nbutils.finetune`, also under `accelerate launch -m nbutils.finetune`).
 Outputs under data_dir/models/: adapter/ (PEFT adapter + tokenizer + train_log.json + loss.png), checkpoints/,
 optionally merged/.
 """
 from .config import FinetuneConfig
 from .data import choose_pad_token, describe_truncation
-from .launch import cli_args, run, wants_distributed
-from .report import FinetuneResult
+from .result import FinetuneResult
 from .runtime import Runtime, resolve_runtime
+from .stage import cli_args, run, wants_distributed
 from .train import build_trainer, load_base_model, prepare_model_for_training
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Runtime", "build_trainer", "choose_pad_token", "cli_args",

@@ -25,15 +25,16 @@ KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
 # bf16-loaded, 7,195 tok/s at 10.5 GiB).
 MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_fused"},
                 "lean": {"gradient_checkpointing": True, "optim": "paged_adamw_8bit"}}
+# Stage 05 (load_in_4bit=None) loads its base in bf16 on a CUDA GPU with at least this much memory, in 4-bit below
+# (bf16 keeps the adapter attached without dequantising in every matmul; Llama-3-8B's bf16 weights are 16 GB).
+EVAL_BF16_MIN_GPU_GIB = 40.0
 AUTO = "auto"
 
 
 @dataclass
 class FinetuneConfig(StageConfig):
     """Every knob of stage 04; `FinetuneConfig()` is the full recipe. `None` paths default under data_dir.
-
-    The original project's recipe exactly: memory_mode="lean", use_liger_kernel=False, upcast_non_quantized=True,
-    attn_implementation="sdpa", packing=False, fuse_lora=False."""
+    The original project's recipe exactly is the `original` profile (`FinetuneConfig.overrides("original")`)."""
 
     PROFILE_OVERRIDES: ClassVar[dict] = {
         # ~2 minutes on 2 CPU cores: SmolLM2-135M, plain LoRA r=16 on the same 7 projections, 384 tokens.
@@ -42,6 +43,12 @@ class FinetuneConfig(StageConfig):
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
                  "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 8,
                  "packing": False},
+        # The original project's recipe exactly (the baseline of benchmarks/RESULTS.md): the same knob values as
+        # full, without the speed-ups: checkpointing + paged 8-bit AdamW, SDPA, no packing, PEFT's own LoRA
+        # forward, no Liger, peft's fp32 copy of the non-quantised weights, no checkpoint offload.
+        "original": {"memory_mode": "lean", "use_liger_kernel": False, "upcast_non_quantized": True,
+                     "attn_implementation": "sdpa", "packing": False, "fuse_lora": False,
+                     "offload_checkpoints": False},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "output_dir": "adapter",
                                    "checkpoint_dir": "checkpoints", "merged_dir": "merged"}

@@ -12,7 +12,7 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..io import read_json, safetensors_problem, sha256_text, write_json
@@ -117,7 +117,7 @@ def set_broken_aside(broken: list[tuple[str, str]], checkpoint_dir: str | Path) 
     if not broken:
         return None
     d = Path(checkpoint_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = d.with_name(f"{d.name}.broken-{stamp}")
     target.mkdir(parents=True, exist_ok=True)
     for ckpt, why in broken:
@@ -179,7 +179,7 @@ def plan_resume(cfg: FinetuneConfig, record: dict) -> ResumePlan:
 def set_aside(checkpoint_dir: str | Path) -> Path:
     """Move checkpoint_dir to `<name>.old-<UTC time>` next to it (a new name each time) and return that path."""
     d = Path(checkpoint_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target, n = d.with_name(f"{d.name}.old-{stamp}"), 1
     while target.exists():
         n += 1

@@ -6,8 +6,13 @@ import os
 from dataclasses import dataclass, field
 
 from ..kernels.attention import VARLEN
-from .config import (FAST_MIN_GPU_GIB, FAST_MIN_GPU_GIB_FUSED_DROPOUT, KEEP_BASE_WEIGHT_MIN_GPU_GIB, MEMORY_MODES,
-                     FinetuneConfig)
+from .config import (
+    FAST_MIN_GPU_GIB,
+    FAST_MIN_GPU_GIB_FUSED_DROPOUT,
+    KEEP_BASE_WEIGHT_MIN_GPU_GIB,
+    MEMORY_MODES,
+    FinetuneConfig,
+)
 
 LIGER_REQUIREMENT = "liger-kernel==0.8.5"
 # Packed micro-batches change shape every step: without expandable segments the caching allocator held 52.2 GiB
@@ -257,5 +262,6 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
                    padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
                    gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
                    upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
-                   keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode, memory_reason=memory_reason,
+                   keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode,
+                   memory_reason=memory_reason,
                    notes=notes)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..io import atomic_folder, check_replaceable, write_json
 from .config import FinetuneConfig
 from .data import check_trainable, choose_pad_token, describe_truncation, load_training_data, truncation_report
-from .report import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
+from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, resolve_runtime
 

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..io import append_jsonl
-from ..llm import (PROVIDER_LIMITS, WAIT_TOO_LONG, Completion, LLMError, RateLimiter, RetryPolicy, iter_completions,
-                   make_backend, redact)
+from ..llm import (
+    PROVIDER_LIMITS,
+    WAIT_TOO_LONG,
+    Completion,
+    LLMError,
+    RateLimiter,
+    RetryPolicy,
+    iter_completions,
+    make_backend,
+    redact,
+)
 from .build import parse_reply_text
 from .config import GenerateConfig
 from .jobs import PageJob
@@ -47,7 +56,7 @@ def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTe
             "params": params, "reply": redact(res.text), "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
             "latency_s": round(res.latency_s, 3), "attempts": res.attempts,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dict], result: GenerateResult,
@@ -65,7 +74,7 @@ def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dic
     backend = build_backend(cfg, template)
     limiter = make_limiter(cfg)
     workers = cfg.workers or PROVIDER_LIMITS.get(cfg.backend, {}).get("workers", 4)
-    params = cfg.gen_params()
+    params = cfg.request_params()
     policy = RetryPolicy(max_attempts=cfg.max_attempts, max_wait_s=cfg.max_wait_s)
     t0 = time.monotonic()
     counts: Counter = Counter()

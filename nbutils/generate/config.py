@@ -28,6 +28,7 @@ class GenerateConfig(StageConfig):
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
                  "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "repetition_penalty": 1.15},
+        "original": {"workers": 1},   # the original prompt (full's too), one request after another
     }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pages_path": "pages", "triples_path": "triples",
                                              "instruction_json_path": "instruction_json", "dataset_dir": "dataset",
@@ -94,5 +95,6 @@ class GenerateConfig(StageConfig):
     def use_json_mode(self) -> bool:
         return self.template().json_mode if self.json_mode is None else bool(self.json_mode)
 
-    def gen_params(self) -> dict:
+    def request_params(self) -> dict:
+        """The keyword arguments of every LLM request (part of each page's cache key)."""
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "json_mode": self.use_json_mode()}

@@ -117,7 +117,7 @@ def cache_key(model: str, prompt_version: str, params: dict, messages: list[dict
 
 
 def make_jobs(pages: list[dict], cfg: GenerateConfig, template: PromptTemplate) -> list[PageJob]:
-    params = cfg.gen_params()
+    params = cfg.request_params()
     jobs = []
     for p in pages:
         text = " ".join((p.get("text") or "").split()) if cfg.backend == "local" else (p.get("text") or "").strip()

@@ -34,14 +34,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ELEMENTS = 2**31 - 1   # Philox offsets are int32
 GROUP = 256                # columns per Philox group: 8 eighths of 32 columns, one 16-bit draw each
 EIGHTH = 32
-PHILOX_ROUNDS = 7          # Philox4x32-7: the fewest rounds Random123 found Crush-resistant (PyTorch uses 10)
+# Philox4x32-7: the fewest rounds Random123 found Crush-resistant (PyTorch uses 10). A tl.constexpr: the only kind of
+# global a @triton.jit function may read.
+PHILOX_ROUNDS = tl.constexpr(7)
 
 
 @triton.jit
 def _draws(seed, rows, g, c, n_off):
     """Four 32-bit Philox draws for each (row, c) of column group g: (rows, 32) tiles."""
     offs = rows[:, None] * n_off + (g * 32 + c)[None, :]
-    return tl.randint4x(seed, offs, 7)
+    return tl.randint4x(seed, offs, PHILOX_ROUNDS)
 
 
 @triton.jit
@@ -161,7 +163,7 @@ def _grad_x_kernel(GX, GA, A, seed, M, K, n_off, stride_gm, thr, scale, R: tl.co
         tl.store(ptr, gx.to(GX.dtype.element_ty), mask=inb)
 
 
-# Launch settings: (BLOCK_M, split or num_warps...) measured on an H100 (benchmarks/bench_finetune_gpu.py kernels).
+# Launch settings: (BLOCK_M, split or num_warps...) measured on an H100 (python -m benchmarks.finetune_kernels).
 TUNING = {"fwd": dict(BLOCK_M=32, splits=4, num_warps=4, num_stages=3),
           "grad_a": dict(BLOCK_M=32, splits=8, num_warps=4, num_stages=3),
           "grad_x": dict(BLOCK_M=64, num_warps=4, num_stages=3)}

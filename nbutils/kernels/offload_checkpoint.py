@@ -25,7 +25,7 @@ _FLAG = "_nbutils_offloaded_checkpointing"
 class _Saved:
     """One layer input between its forward and its backward: on the host (CUDA) or as is (CPU)."""
 
-    def __init__(self, tensor: torch.Tensor, requires_grad: bool, offloader: "_Offloader"):
+    def __init__(self, tensor: torch.Tensor, requires_grad: bool, offloader: _Offloader):
         self.device, self.requires_grad = tensor.device, requires_grad
         self.on_gpu = None        # the copy back, once started
         self.back_done = None     # its event
@@ -40,7 +40,7 @@ class _Saved:
             self.host.copy_(tensor, non_blocking=True)
         tensor.record_stream(stream)   # its memory is not handed out again before the copy has read it
 
-    def start_copy_back(self, offloader: "_Offloader") -> None:
+    def start_copy_back(self, offloader: _Offloader) -> None:
         if self.kept is not None or self.on_gpu is not None:
             return
         stream = offloader.stream(self.device)
@@ -53,7 +53,7 @@ class _Saved:
             self.back_done = torch.cuda.Event()
             self.back_done.record(stream)
 
-    def take(self, offloader: "_Offloader") -> torch.Tensor:
+    def take(self, offloader: _Offloader) -> torch.Tensor:
         if self.kept is not None:
             return self.kept
         self.start_copy_back(offloader)

@@ -11,14 +11,24 @@ deadline (a total time limit per HTTP request), remote (groq, openai-compatible)
 backends (make_backend).
 """
 from .backends import make_backend
-from .base import (DEFAULT_MODELS, FATAL, PROVIDER_LIMITS, RETRYABLE, WAIT_TOO_LONG, Backend, Completion, LLMError,
-                   Messages, estimate_tokens, messages_tokens)
+from .base import (
+                   DEFAULT_MODELS,
+                   FATAL,
+                   PROVIDER_LIMITS,
+                   RETRYABLE,
+                   WAIT_TOO_LONG,
+                   Backend,
+                   Completion,
+                   LLMError,
+                   Messages,
+                   estimate_tokens,
+                   messages_tokens,
+)
 from .limiter import RateLimiter, parse_duration, parse_retry_after
 from .local import LocalBackend
 from .redact import redact
 from .remote import GroqBackend, OpenAICompatBackend
 from .retries import RetryPolicy, complete_many, complete_with_retries, iter_completions
-
 
 __all__ = ["Backend", "Completion", "LLMError", "Messages", "RateLimiter", "RetryPolicy", "GroqBackend",
            "OpenAICompatBackend", "LocalBackend", "make_backend", "complete_with_retries", "iter_completions",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpcore
 import httpx

@@ -1,5 +1,5 @@
 """The local backend: a transformers causal LM on this machine, batched through the shared generation engine
-(nbutils.generation: HF `generate` on CPU, static KV cache + CUDA graphs on a GPU; the demo's embedded SmolLM2)."""
+(nbutils.decoding: HF `generate` on CPU, static KV cache + CUDA graphs on a GPU; the demo's embedded SmolLM2)."""
 from __future__ import annotations
 
 import time
@@ -33,7 +33,7 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm = load_causal_lm(self.model, data_dir)
         self.lm.eval()
-        from ..generation import EngineSettings, GenerationEngine
+        from ..decoding import EngineSettings, GenerationEngine
 
         self.engine = GenerationEngine(self.lm, self.tokenizer, EngineSettings(path=engine))
 
@@ -48,7 +48,7 @@ class LocalBackend:
 
     def complete_batch(self, conversations: list[Messages], *, max_tokens: int = 512, temperature: float = 0.0,
                        json_mode: bool = False) -> list[Completion]:
-        from ..generation.local import complete_prompts
+        from ..decoding.local import complete_prompts
 
         if json_mode:
             raise LLMError("config", "backend 'local' has no JSON mode; use json_mode=False")

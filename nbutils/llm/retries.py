@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .base import WAIT_TOO_LONG, Backend, Completion, LLMError, Messages, messages_tokens
 from .limiter import RateLimiter

@@ -4,13 +4,13 @@
     result = run(cfg)            # ParseResult: .summary(), .table(), .files, .totals
 
 Modules: config (ParseConfig), clean (the cleaning rules), chunk, loaders (one file -> text, never raises),
-workers (the killable process pool), report (totals, ParseResult), stage (run).
+workers (the killable process pool), result (totals, ParseResult), stage (run).
 """
 from .chunk import chunk_text
 from .clean import clean_pages, cut_references, drop_running_lines, normalize_text, rejoin_hyphenated
 from .config import LOADERS, ParseConfig
 from .loaders import SKIP_REASONS, parse_file
-from .report import ParseResult, page_lengths
+from .result import ParseResult, page_lengths
 from .stage import run
 from .workers import run_pool
 

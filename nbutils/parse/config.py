@@ -14,7 +14,10 @@ LOADERS = ("pypdfium2", "pypdf", "pypdfloader")
 class ParseConfig(StageConfig):
     """Everything 02_parse can be told; `None` paths default under data_dir (docs/pipeline.md names)."""
 
-    PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {"demo": {"timeout_s": 30.0, "max_memory_mb": 1024}}
+    PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
+        "demo": {"timeout_s": 30.0, "max_memory_mb": 1024},
+        "original": {"loader": "pypdfloader", "workers": 1},   # langchain's PyPDFLoader, one file after another
+    }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pdf_dir": "pdfs", "papers_path": "papers",
                                              "pages_path": "pages", "report_path": "parse_report"}
     INPUT_FIELDS: ClassVar[tuple] = ('pdf_dir', 'papers_path', 'tokenizer')

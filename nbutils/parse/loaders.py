@@ -8,8 +8,9 @@ import re
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..io import fix_text
 from .clean import clean_pages, fix_extraction_marks

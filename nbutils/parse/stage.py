@@ -17,7 +17,7 @@ from ..io import append_jsonl, read_json, read_records, sha256_file, sha256_text
 from ..lock import locked_stage
 from .chunk import chunk_text
 from .config import ParseConfig
-from .report import ParseResult, summarize
+from .result import ParseResult, summarize
 from .workers import run_pool
 
 

@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait as _wait_any
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .loaders import parse_file
 

@@ -3,8 +3,9 @@ read is skipped with its reason; the rest of the page is kept."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 

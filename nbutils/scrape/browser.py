@@ -157,7 +157,7 @@ class Browser:
                 nav.status, nav.headers = int(resp.get("status", 0)), {k.lower(): v for k, v in resp["headers"].items()}
             elif method == "Network.loadingFailed":
                 nav.error = params.get("errorText", "failed")
-        for msg in events:       # redirect targets, also those Chromium refused to follow (file://: ERR_UNSAFE_REDIRECT)
+        for msg in events:   # redirect targets, also those Chromium refused to follow (file://: ERR_UNSAFE_REDIRECT)
             params = msg.get("params", {})
             if msg.get("method") == "Network.responseReceivedExtraInfo" and params.get("requestId") in requests:
                 location = {k.lower(): v for k, v in params.get("headers", {}).items()}.get("location")

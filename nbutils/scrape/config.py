@@ -19,6 +19,7 @@ class ScrapeConfig(StageConfig):
     PROFILE_OVERRIDES: ClassVar[dict] = {
         "demo": {"site": "demo", "max_papers": 8, "delay_s": 0.2, "page_size": 3, "backoff_s": 0.5,
                  "max_wait_s": 10.0, "timeout_s": 20.0, "max_request_s": 60.0, "max_pdf_mb": 20.0},
+        "original": {},   # full already is the original's method: arxiv.org search pages in Selenium, query "llm"
     }
     PATH_FIELDS: ClassVar[dict] = {"pdf_dir": "pdfs", "papers_path": "papers", "report_path": "scrape_report"}
     INPUT_FIELDS: ClassVar[tuple] = ()

@@ -28,7 +28,7 @@ class HostPolicy:
     hosts: frozenset[str]
 
     @classmethod
-    def for_sources(cls, *urls: str, extra: list[str] | tuple[str, ...] = ()) -> "HostPolicy":
+    def for_sources(cls, *urls: str, extra: list[str] | tuple[str, ...] = ()) -> HostPolicy:
         hosts = {urlsplit(u).hostname for u in urls if u} | set(extra)
         if hosts & set(ARXIV_HOSTS):
             hosts |= set(ARXIV_HOSTS)

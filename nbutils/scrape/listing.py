@@ -2,7 +2,8 @@
 link passes the host check before it is loaded), turned into records up to max_papers."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from tqdm.auto import tqdm
 

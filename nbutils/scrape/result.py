@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..result import StageResult
@@ -73,7 +73,7 @@ class ScrapeResult(StageResult):
         by = lambda s: [r["id"] for r in self.records if self.status.get(r["id"]) == s]  # noqa: E731
         return {
             "backend": cfg.backend, "source": redact(self.source),
-            "finished": datetime.now(timezone.utc).isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
             "elapsed_s": round(self.elapsed_s, 2), "pages": self.pages, "requests": self.requests,
             "listed": len(self.records), "counts": self.counts(),
             "downloaded": by("downloaded"),

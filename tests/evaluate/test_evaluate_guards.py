@@ -32,7 +32,7 @@ def test_a_stage_summary_renders_escaped():
 
 
 def test_the_predictions_cache_key_changes_when_the_weights_change(tmp_path):
-    from nbutils.evaluate import EvalConfig
+    from nbutils.evaluate import EvaluateConfig
     from nbutils.evaluate.model import model_fingerprint
 
     base = tmp_path / "base"
@@ -43,7 +43,7 @@ def test_the_predictions_cache_key_changes_when_the_weights_change(tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"a")
-    cfg = EvalConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(base),
+    cfg = EvaluateConfig.from_params(profile="demo", data_dir=str(tmp_path), base_model=str(base),
                                  adapter_dir=str(adapter))
     before = model_fingerprint(cfg)
     (base / "model.safetensors").write_bytes(b"new weights, same config.json")

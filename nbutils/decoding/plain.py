@@ -3,7 +3,8 @@ as they are). What 05 and 03 ran before the engine; the engine keeps it on CPU, 
 and for settings the static path does not cover."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .params import GenParams, left_pad, rows_from_new_tokens
 

@@ -13,8 +13,8 @@ paths run (a different attention kernel, fused operations); sampling uses its ow
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .params import GenParams, left_pad
 
@@ -161,7 +161,6 @@ class StaticDecoder:
                            pad_id: int) -> None:
         """Rows whose new text completed a stop marker between tokens `start` and `end`: the tokens after the one
         completing it become padding and the row is done (the answer text is cut at the marker later anyway)."""
-        import torch
 
         tail = out[:len(host_done), :end].tolist()
         flags = done[:len(host_done)].tolist()

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..io import read_json
 from ..lock import locked_stage
 from .config import FinetuneConfig
-from .report import TRAIN_LOG, FinetuneResult
+from .result import TRAIN_LOG, FinetuneResult
 from .runtime import prefer_expandable_segments
 
 

@@ -1,9 +1,10 @@
 """Benchmark for 03_generate: the original's sequential loop vs the stage, against a loopback Groq-compatible
 server with a fixed latency that enforces a requests-per-minute limit (429 + Retry-After beyond it).
 
-    .venv/bin/python benchmarks/bench_generate.py                 # ~1.5 minutes
-    .venv/bin/python benchmarks/bench_generate.py --pages 600 --rpm 1200 --baseline-pages 40
-    python benchmarks/bench_generate.py --local data/models/base/SmolLM2-135M-Instruct --pages 128   # GPU, issue 14
+    .venv/bin/python -m benchmarks.generate_speed                 # ~1.5 minutes
+    .venv/bin/python -m benchmarks.generate_speed --pages 600 --rpm 1200 --baseline-pages 40
+    python -m benchmarks.generate_speed --local data/models/base/SmolLM2-135M-Instruct --pages 128   # GPU, issue 14
+                                                                  # (= python -m benchmarks.generate_local)
 
 Measures, in one run: the baseline's seconds per page (the original's loop: one `groq` request after the
 other, three regexes; run on a sample of `--baseline-pages` pages, since its time is linear in pages), the
@@ -24,12 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]     # the fake server is test code: it lives in tests/
+from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run
+from nbutils.io import write_jsonl
 
-from fake_llm_server import FakeLLMServer  # noqa: E402
-from nbutils.generate import ORIGINAL_PROMPT, GenerateConfig, run  # noqa: E402
-from nbutils.io import write_jsonl  # noqa: E402
+from . import generate_local
+from .common import REPO
+
+
+def fake_llm_server():
+    """The tests' fake Groq-compatible server (test code: it lives under tests/)."""
+    try:
+        from tests.support.fake_llm_server import FakeLLMServer
+    except ImportError:   # tests/ not a package: its folder on the path
+        sys.path.append(str(REPO / "tests"))
+        from fake_llm_server import FakeLLMServer
+    return FakeLLMServer
 
 
 def make_pages(data_dir: Path, n: int, seed: int = 0) -> list[dict]:
@@ -59,7 +69,7 @@ def original_loop(pages: list[dict], base_url: str, model: str) -> tuple[float, 
     return time.monotonic() - t0, triples
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=300)
     ap.add_argument("--rpm", type=float, default=600, help="the server's requests/minute limit")
@@ -70,18 +80,14 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--local", metavar="MODEL_FOLDER", help="instead: the local backend (a GPU), HF generate "
                     "(engine=plain) vs the generation engine (engine=auto) on --pages demo-corpus pages, batch "
-                    "--local-batch (benchmarks/bench_generation_real.py run_local)")
+                    "--local-batch (benchmarks.generate_local)")
     ap.add_argument("--local-batch", type=int, default=64)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.local:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_generation_real import run_local
-
-        figures = {k: v for k, v in run_local(args.local, args.pages, args.local_batch).items() if "texts" not in k}
-        print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        return
+        generate_local.main(["--model", args.local, "--pages", str(args.pages), "--batch", str(args.local_batch)]
+                            + (["--json", args.json] if args.json else []))
+        return {}
+    server = fake_llm_server()
     os.environ.setdefault("GROQ_API_KEY", "gsk_benchmark_not_a_real_key")
     os.environ.pop("GROQ_BASE_URL", None)
     workers = args.workers or math.ceil(args.rpm / 60 * args.latency * 1.5) + 2
@@ -92,7 +98,7 @@ def main() -> None:
         data_dir = Path(tmp)
         pages = make_pages(data_dir, args.pages)
 
-        with FakeLLMServer(latency_s=args.latency, rpm=args.rpm) as srv:
+        with server(latency_s=args.latency, rpm=args.rpm) as srv:
             base_s, base_triples = original_loop(pages[: args.baseline_pages], srv.url, model)
         per_page = base_s / args.baseline_pages
         out.update(baseline_sample_pages=args.baseline_pages, baseline_sample_s=round(base_s, 2),
@@ -103,7 +109,7 @@ def main() -> None:
 
         # the server advertises (x-ratelimit-limit-tokens) a tokens/minute limit that does not bind, so the
         # requests/minute limit is what is measured (the limiter adopts whatever the header says)
-        with FakeLLMServer(latency_s=args.latency, rpm=args.rpm, tpm_header=args.tpm_header) as srv:
+        with server(latency_s=args.latency, rpm=args.rpm, tpm_header=args.tpm_header) as srv:
             cfg = GenerateConfig.from_params(profile="full", data_dir=str(data_dir), base_url=srv.url, model=model,
                                              rpm=args.rpm, tpm=0, workers=workers)
             t0 = time.monotonic()
@@ -134,6 +140,7 @@ def main() -> None:
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

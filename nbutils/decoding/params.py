@@ -3,8 +3,8 @@ cutting at a stop token or a stop marker, length-sorted batches."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 # Text after which an Alpaca-style answer is over: a model that goes on writing a next "### Instruction:" (or any
 # other "### " section, e.g. the "### Output:" small models invent) has finished its answer. Generation also stops

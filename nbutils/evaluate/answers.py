@@ -1,16 +1,25 @@
-"""Generation for stage 05: answers through the shared engine (nbutils.generation: the plain HF `generate` path on
+"""Generation for stage 05: answers through the shared engine (nbutils.decoding: the plain HF `generate` path on
 CPU, the static compiled path with the adapter merged on a GPU), length-sorted batches that stop at EOS or a stop
 marker per sequence, cached per example so a killed run resumes."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from nbutils.generation import (STOP_MARKERS, EngineSettings, GenerationEngine, GenParams, Session, clean_answer,
-                                cut_at_stop, eos_ids, left_pad, length_sorted_batches)
-from nbutils.generation import generate_plain as generate_batch  # the plain path, under its old name
+from nbutils.decoding import (
+    STOP_MARKERS,
+    EngineSettings,
+    GenerationEngine,
+    GenParams,
+    Session,
+    clean_answer,
+    cut_at_stop,
+    eos_ids,
+    left_pad,
+    length_sorted_batches,
+)
+from nbutils.decoding import generate_plain as generate_batch  # the plain path, under its old name
 from nbutils.io import append_jsonl, read_jsonl, sha256_text
-
 
 __all__ = ["STOP_MARKERS", "GenParams", "PredictionCache", "encode_prompts", "generate_answers", "generate_batch",
            "eos_ids", "left_pad", "cut_at_stop", "clean_answer", "length_sorted_batches"]

@@ -1,13 +1,13 @@
 """02_parse benchmark: the original project's one-by-one PyPDFLoader loop vs nbutils.parse, same corpus, one run.
 
-The corpus is SYNTHETIC (benchmarks/make_corpus.py: deterministic reportlab arXiv-like papers, ~40 files /
+The corpus is SYNTHETIC (benchmarks.make_corpus: deterministic reportlab arXiv-like papers, ~40 files /
 ~700 pages, two columns, ligatures, hyphenation, running headers, page numbers, references), because no real
 arXiv PDF is reachable here. Its ground truth lets us score text quality, not only speed:
   body recall  = share of the true body words (multiset) found in the output
   noise        = share of output words that are not body words (headers, page numbers, references,
                  appendix, broken hyphen halves, ligature glyphs)
 
-    .venv/bin/python benchmarks/bench_parse.py [--corpus /tmp/arxiv_like_corpus] [--repeat 2] [--workers 0]
+    .venv/bin/python -m benchmarks.parse_speed [--corpus /tmp/arxiv_like_corpus] [--repeat 2] [--workers 0]
 
 Wall time is what a user waits; CPU time (this process + its worker processes) is also printed, because
 other jobs may share the cores and inflate wall time.
@@ -19,18 +19,16 @@ import json
 import logging
 import os
 import resource
-import sys
 import tempfile
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_corpus import make_corpus  # noqa: E402
+from nbutils.io import read_jsonl
+from nbutils.parse import ParseConfig, run
 
-from nbutils.io import read_jsonl  # noqa: E402
-from nbutils.parse import ParseConfig, run  # noqa: E402
+from .make_corpus import make_corpus
 
 
 def cpu_seconds() -> float:
@@ -82,7 +80,7 @@ def timed(fn, *args):
     return res, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def main() -> None:
+def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=os.path.join(tempfile.gettempdir(), "arxiv_like_corpus"))
     ap.add_argument("--papers", type=int, default=40)
@@ -91,7 +89,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
     ap.add_argument("--skip-pypdf-variant", action="store_true", help="don't also time ours with loader=pypdf")
     ap.add_argument("--json", help="also write the figures here")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     corpus = Path(a.corpus)
     pdfs = make_corpus(corpus, a.papers, a.pages)
@@ -133,6 +131,7 @@ def main() -> None:
               f"load average now {row['load_avg_end']:.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":

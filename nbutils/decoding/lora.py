@@ -70,7 +70,7 @@ class DecodeWeights:
     _swaps: list = field(default_factory=list)
     _stash: dict = field(default_factory=dict)
 
-    def __enter__(self) -> "DecodeWeights":
+    def __enter__(self) -> DecodeWeights:
         import torch
 
         for parent, attr, layer in lora_layers(self.model):

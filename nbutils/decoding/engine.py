@@ -14,8 +14,8 @@ what of it changes answers (it goes into 05's prediction-cache keys).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from .params import GenParams, length_sorted_batches
 from .plain import generate_plain
@@ -114,7 +114,7 @@ class GenerationEngine:
         return self.model.get_base_model() if is_peft(self.model) else self.model
 
     @contextlib.contextmanager
-    def session(self, gen: GenParams, lengths: Sequence[int], batch_size: int) -> Iterator["Session"]:
+    def session(self, gen: GenParams, lengths: Sequence[int], batch_size: int) -> Iterator[Session]:
         """One pass over prompts of `lengths` tokens: the path chosen, batches planned, weights prepared."""
         path, why = choose_path(self.settings, self.model, gen)
         weights = None

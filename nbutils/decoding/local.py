@@ -1,8 +1,8 @@
 """Chat completions from a local causal LM through the engine (what 03's `local` backend runs)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .engine import GenerationEngine, generate_in_order
 from .params import GenParams
@@ -19,7 +19,8 @@ class LocalReply:
 
 
 def complete_prompts(engine: GenerationEngine, prompts: Sequence[str], *, max_tokens: int, temperature: float = 0.0,
-                     repetition_penalty: float = 1.0, batch_size: int = 8, seed: int = 0) -> tuple[list[LocalReply], dict]:
+                     repetition_penalty: float = 1.0, batch_size: int = 8,
+                     seed: int = 0) -> tuple[list[LocalReply], dict]:
     """Replies to already-formatted prompt texts (chat template applied), in input order, and what ran."""
     tok = engine.tokenizer
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]

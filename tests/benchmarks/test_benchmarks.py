@@ -1,0 +1,105 @@
+"""benchmarks/ as a package: every script imports (no circle), the finetune cases are the stage's own config, and
+the CPU-capable benchmarks run end to end at a tiny size and report what they measured."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "generation_speed", "generate_speed",
+           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws"]
+
+
+def test_every_script_is_in_the_package_and_imports_alone():
+    """Each benchmark imports first, on its own (every benchmarks module dropped between them, so an import circle
+    fails here whichever module it starts from); unsloth_case against a stand-in `unsloth` (Unsloth itself lives only
+    in its own site folder on the GPU machine)."""
+    on_disk = {p.stem for p in (REPO / "benchmarks").glob("*.py")} - {"__init__"}
+    assert on_disk == set(MODULES)
+    code = ("import importlib, sys, types\n"
+            "sys.modules['unsloth'] = types.SimpleNamespace(FastLanguageModel=object)\n"
+            f"for name in {MODULES!r}:\n"
+            "    for m in [m for m in sys.modules if m == 'benchmarks' or m.startswith('benchmarks.')]:\n"
+            "        del sys.modules[m]\n"
+            "    importlib.import_module('benchmarks.' + name)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_finetune_cases_are_the_stages_own_config():
+    """Every case is FinetuneConfig.from_params arguments plus the benchmark's documented keys; the original recipe
+    is the stage's `original` profile, not a copy of its knobs."""
+    from benchmarks.finetune_speed import BENCH_KEYS, CASES, split_case
+    from nbutils.finetune import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    for name, case in CASES.items():
+        params, bench = split_case(case)
+        assert set(params) - {"profile"} <= fields, f"{name}: {set(params) - fields - {'profile'}}"
+        assert set(bench) <= set(BENCH_KEYS)
+        cfg = FinetuneConfig.from_params(**{"profile": "full", **params})   # values the stage accepts
+        assert cfg.lora_dropout == case.get("lora_dropout", cfg.lora_dropout)
+    assert CASES["original"]["profile"] == "original"
+    original = FinetuneConfig.from_params(profile="original")
+    assert (original.fuse_lora, original.packing, original.upcast_non_quantized) == (False, False, True)
+
+
+def test_finetune_check_on_cpu_shows_packed_samples_isolated(tmp_path):
+    from benchmarks import finetune_check
+
+    out = tmp_path / "check.json"
+    assert finetune_check.main(["--cpu", "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["device"] == "cpu"
+    assert res["sdpa_packed_vs_alone_max_abs_diff"] < 1e-4 < res["sdpa_concat_vs_alone_max_abs_diff"]
+
+
+def test_generation_loop_on_cpu_at_tiny_size(tmp_path):
+    """The original's one-at-a-time loop vs the batched path on a tiny random model: every variant generates the
+    forced number of tokens and the speed-up is reported."""
+    from benchmarks import common, generation_speed
+
+    common.build_random_model("tiny", "cpu", tmp_path / "tiny")
+    res = generation_speed.main(["loop", "--model", str(tmp_path / "tiny"), "--n-prompts", "4", "--original-n", "2",
+                                 "--max-new-tokens", "3", "--batch-size", "2", "--min-prompt-len", "4",
+                                 "--max-prompt-len", "9", "--lora-r", "2", "--threads", "1",
+                                 "--json", str(tmp_path / "gen.json")])
+    assert res["original"]["tokens"] == 2 * 3 and res["ours"]["tokens"] == 4 * 3
+    assert res["ours"]["speedup_vs_original"] > 0
+    assert (tmp_path / "gen.json").exists()
+
+
+def test_parse_speed_on_two_small_papers(tmp_path, capsys):
+    from benchmarks import parse_speed
+
+    rows = parse_speed.main(["--corpus", str(tmp_path / "corpus"), "--papers", "2", "--pages", "4", "--repeat", "1",
+                             "--workers", "1", "--skip-pypdf-variant"])
+    (row,) = rows
+    assert row["pages"] >= 4 and row["ours_pps"] > 0
+    assert row["ours_quality"]["body_recall"] > 0.9
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_generate_speed_against_the_fake_server(tmp_path):
+    """03's stage vs the original sequential loop against the local rate-limited fake server: all pages done, a
+    rerun makes no calls."""
+    from benchmarks import generate_speed
+
+    out = generate_speed.main(["--pages", "6", "--baseline-pages", "2", "--latency", "0.05", "--rpm", "6000",
+                               "--json", str(tmp_path / "g.json")])
+    assert out["failed_pages"] == 0 and out["rerun_calls"] == 0 and out["speedup"] > 0
+
+
+def test_unsloth_case_reads_the_shared_helpers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=object))
+    mod = importlib.import_module("benchmarks.unsloth_case")
+    assert mod.TARGETS == importlib.import_module("nbutils.finetune.config").LORA_TARGETS
+    assert pytest.raises(SystemExit, mod.main, ["--help"])
