@@ -45,10 +45,14 @@ def test_generate_triples_path_equal_to_pages_path_is_refused(tmp_path):
         GenerateConfig.from_params(profile="demo", data_dir=str(tmp_path), pages_path=p, triples_path=p)
 
 
-def test_default_paths_pass(tmp_path):
-    for cls in (ParseConfig, GenerateConfig, FinetuneConfig):
-        cls.from_params(profile="demo", data_dir=str(tmp_path))
-        cls.from_params(profile="full", data_dir=str(tmp_path))
+def test_every_profile_fits_its_ranges_and_paths(tmp_path):
+    from nbutils.config import PROFILES
+    from nbutils.evaluate import EvaluateConfig
+    from nbutils.scrape import ScrapeConfig
+
+    for cls in (ScrapeConfig, ParseConfig, GenerateConfig, FinetuneConfig, EvaluateConfig):
+        for profile in PROFILES:
+            cls.from_params(profile=profile, data_dir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------- item 12
