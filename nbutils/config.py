@@ -401,7 +401,14 @@ def stage_main(cls: type[StageConfig], run, argv: list[str] | None = None, prog:
     if print_only:
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0
-    result = run(cfg)
+    from .io import NotOurs
+    from .lock import DataDirBusy
+
+    try:
+        result = run(cfg)
+    except (DataDirBusy, NotOurs) as e:   # another run holds the data_dir; an output is not ours to replace
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = getattr(result, "summary", None)
     if callable(summary):
         print(summary())

@@ -103,3 +103,19 @@ def test_a_stage_inside_the_runners_notebook_passes_through_the_runners_lock(tmp
     result = run_pipeline(profile="demo", data_dir=tmp_path / "data", notebooks_dir=tmp_path / "nb",
                           run_dir=tmp_path / "run")
     assert result.ok and "inside" in (tmp_path / "run" / "02_parse.ipynb").read_text()
+
+
+def test_the_command_line_says_who_holds_the_data_dir(tmp_path, capsys):
+    from nbutils.__main__ import main
+    from nbutils.config import stage_main
+    from nbutils.generate import GenerateConfig, run
+
+    child = hold_in_child(tmp_path)
+    try:
+        assert main(["run", "--data-dir", str(tmp_path), "--only", "02"]) == 2
+        assert stage_main(GenerateConfig, run, ["--data_dir", str(tmp_path), "--profile", "demo"]) == 2
+        err = capsys.readouterr().err
+        assert err.count(f"pid {child.pid}") == 2 and "Traceback" not in err
+    finally:
+        child.kill()
+        child.wait()
