@@ -38,7 +38,7 @@ def fake_llm_server():
         from tests.support.fake_llm_server import FakeLLMServer
     except ImportError:   # tests/ not a package: its folder on the path
         sys.path.append(str(REPO / "tests"))
-        from fake_llm_server import FakeLLMServer
+        from tests.support.fake_llm_server import FakeLLMServer
     return FakeLLMServer
 
 

@@ -44,6 +44,7 @@ class DataPaths:
     pages = property(lambda self: self.root / "pages.jsonl")
     parse_report = property(lambda self: self.root / "parse_report.json")
     triples = property(lambda self: self.root / "triples.jsonl")
+    triples_dropped = property(lambda self: self.root / "triples_dropped.jsonl")
     instruction_json = property(lambda self: self.root / "arxiv_instruction_dataset.json")
     generate_report = property(lambda self: self.root / "generate_report.json")
     dataset = property(lambda self: self.root / "dataset")

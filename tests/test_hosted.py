@@ -14,11 +14,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from hosted_fakes import NotebookAccessError, fake_colab_modules, fake_kaggle_modules
 
 from nbutils import hosted
 from nbutils.io import PROJECT_ROOT
 from nbutils.runner import discover_notebooks
+from tests.support.hosted_fakes import NotebookAccessError, fake_colab_modules, fake_kaggle_modules
 
 NOTEBOOKS = discover_notebooks()
 COLAB_STACK = {"torch": "2.11.0+cu128", "nvidia-cublas-cu12": "12.8.4.1", "triton": "3.6.0",

@@ -1,4 +1,4 @@
-"""nbutils.redact: the one redaction every stage uses (issue 17, item 9)."""
+"""nbutils.redact: the one redaction every stage uses."""
 from nbutils.redact import MASK, redact
 
 

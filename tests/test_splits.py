@@ -75,7 +75,7 @@ def test_a_failed_save_leaves_the_previous_split_whole(tmp_path, monkeypatch):
     assert not (tmp_path / "dataset.partial").exists()
 
 
-# ---------------------------------------------------------------- issue 17, item 8: a split follows its source
+# ---------------------------------------------------------------- a split follows its source
 def test_split_records_its_source_hash_and_is_remade_when_the_source_changes(tmp_path, capsys):
     from nbutils.io import sha256_file
 

@@ -5,7 +5,7 @@ listing pages, abs pages, PDFs and the export API (Atom).
         url = site.search_url("llm", date_from="2024-04-18")
         ...                      # site.requests: every request the server saw, with its arrival time
 
-The demo profile's data source. The tests subclass it (tests/fake_arxiv.py) to add the faults a real crawl
+The demo profile's data source. The tests subclass it (tests/support/fake_arxiv.py) to add the faults a real crawl
 meets, through three hooks: `DemoSite.Handler`, `Handler.intercept` and `Handler.send_pdf`.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ count (`include_num_input_tokens_seen`, before the forward) and the entropy / to
 while Python prepares the next work: on an H100 that was ~2 % of a QLoRA step for the token count and ~1 % for the
 metrics (benchmarks/RESULTS.md, run 9). Here the same numbers are kept on the GPU (or, for the token count, on the
 CPU where it is a shape) and read back once per logging step, when they are logged anyway; the values logged are the
-same as TRL's (tests/test_finetune_trainer.py checks them against a stock SFTTrainer).
+same as TRL's (tests/finetune/test_trainer.py checks them against a stock SFTTrainer).
 
 Only the plain training loss takes this path (negative log-likelihood or DFT from TRL's fused LM head, no custom
 loss function, label smoothing, MoE aux loss or sequence parallelism); anything else, and evaluation, is TRL's own

@@ -1,4 +1,7 @@
-"""Calling the LLM for every page not in the cache; each reply is appended (fsync'd) to the cache as it arrives.
+"""Calling the LLM for every request not in a cache; each usable reply is appended (fsync'd) to its cache as it
+arrives. Generation (pages -> triples) and the judge (triples -> verdicts) go through the same path: an
+`LLMSettings` (backend, model, limits, retries) -> `build_backend`, `make_limiter`, then `send_pending`, which
+runs the requests under the limiter with retries and hands each reply or failure to the caller.
 
 Only a usable answer is cached: an empty reply is retried (retries.py) and, if it stays empty, the page is
 recorded as failed, so a rerun calls it again. Reply text is redacted before it is stored.
@@ -7,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..io import append_jsonl
@@ -15,6 +20,7 @@ from ..llm import (
     WAIT_TOO_LONG,
     Completion,
     LLMError,
+    Messages,
     RateLimiter,
     RetryPolicy,
     iter_completions,
@@ -28,24 +34,112 @@ from .prompts import PromptTemplate
 from .result import GenerateResult
 
 
-def build_backend(cfg: GenerateConfig, template: PromptTemplate):
-    if cfg.backend == "local" and cfg.use_json_mode():
+@dataclass(frozen=True)
+class LLMSettings:
+    """Who answers and how hard we may push it: one for generation, one for the judge (GenerateConfig)."""
+
+    backend: str
+    model: str
+    base_url: str | None = None
+    timeout_s: float = 60.0
+    rpm: float | None = None
+    tpm: float | None = None
+    workers: int | None = None
+    max_attempts: int = 6
+    max_wait_s: float = 120.0
+    batch_size: int = 8
+    repetition_penalty: float = 1.0
+    threads: int = 0
+    reply_prefix: str = ""
+    data_dir: str = "data"
+
+
+def generation_settings(cfg: GenerateConfig, template: PromptTemplate) -> LLMSettings:
+    return LLMSettings(cfg.backend, cfg.model_name, cfg.base_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
+                       cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, cfg.repetition_penalty, cfg.threads,
+                       template.reply_prefix, cfg.data_dir)
+
+
+def build_backend(s: LLMSettings, json_mode: bool):
+    if s.backend == "local" and json_mode:
         raise ValueError("json_mode needs a backend with response_format support (groq or openai), not local")
-    if cfg.backend == "local":
-        return make_backend("local", cfg.model_name, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
-                            reply_prefix=template.reply_prefix, repetition_penalty=cfg.repetition_penalty,
-                            threads=cfg.threads or None)
-    backend = make_backend(cfg.backend, cfg.model_name, cfg.base_url, timeout_s=cfg.timeout_s)
-    if cfg.use_json_mode() and not backend.supports_json_mode:
-        raise ValueError(f"json_mode needs a backend with response_format support, not {cfg.backend}")
+    if s.backend == "local":
+        return make_backend("local", s.model, data_dir=s.data_dir, batch_size=s.batch_size,
+                            reply_prefix=s.reply_prefix, repetition_penalty=s.repetition_penalty,
+                            threads=s.threads or None)
+    backend = make_backend(s.backend, s.model or None, s.base_url, timeout_s=s.timeout_s)
+    if json_mode and not backend.supports_json_mode:
+        raise ValueError(f"json_mode needs a backend with response_format support, not {s.backend}")
     return backend
 
 
-def make_limiter(cfg: GenerateConfig) -> RateLimiter:
-    limits = PROVIDER_LIMITS.get(cfg.backend, {})
-    rpm = limits.get("rpm", 0) if cfg.rpm is None else cfg.rpm
-    tpm = limits.get("tpm", 0) if cfg.tpm is None else cfg.tpm
-    return RateLimiter(rpm=rpm, tpm=tpm, rpm_from_headers=cfg.backend == "openai", max_pause_s=cfg.max_wait_s)
+def make_limiter(s: LLMSettings) -> RateLimiter:
+    limits = PROVIDER_LIMITS.get(s.backend, {})
+    rpm = limits.get("rpm", 0) if s.rpm is None else s.rpm
+    tpm = limits.get("tpm", 0) if s.tpm is None else s.tpm
+    return RateLimiter(rpm=rpm, tpm=tpm, rpm_from_headers=s.backend == "openai", max_pause_s=s.max_wait_s)
+
+
+@dataclass
+class SendStats:
+    """What one `send_pending` did: calls made (attempted requests), tokens, retries, time, limiter waits."""
+
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retried: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    limiter_wait_s: float = 0.0
+
+
+def send_pending(backend, s: LLMSettings, pending: dict[str, Messages], params: dict, *, desc: str, unit: str,
+                 on_reply: Callable[[str, Completion], dict | None],
+                 on_error: Callable[[str, LLMError], None]) -> SendStats:
+    """Send every request of `pending` (cache key -> messages) through the limiter with retries; each reply goes
+    to `on_reply` (which caches it and may return progress-bar counts), each failure to `on_error`. A
+    Retry-After over max_wait_s stops sending (the rest are failures, retried by a rerun); a fatal error (bad
+    key, unknown model) is raised once requests in flight settle."""
+    from tqdm.auto import tqdm
+
+    stats = SendStats()
+    if not pending:
+        return stats
+    limiter = make_limiter(s)
+    workers = s.workers or PROVIDER_LIMITS.get(s.backend, {}).get("workers", 4)
+    policy = RetryPolicy(max_attempts=s.max_attempts, max_wait_s=s.max_wait_s)
+    t0 = time.monotonic()
+    extra: Counter = Counter()
+    bar = tqdm(total=len(pending), desc=f"{desc} ({s.backend}:{s.model})", unit=unit)
+    try:
+        for key, res in iter_completions(backend, pending.items(), workers=workers, limiter=limiter,
+                                         policy=policy, **params):
+            stats.retried.update(res.retried)
+            if isinstance(res, Completion) and not res.text.strip():   # a batching backend's empty reply
+                res = LLMError("empty", "the reply's content is empty")
+            if isinstance(res, LLMError):
+                stats.failed += 1
+                if res.kind == WAIT_TOO_LONG and not extra[WAIT_TOO_LONG]:
+                    bar.write(f"{res}: requests not sent yet are recorded as failed; replies received so far are "
+                              "cached, and a rerun sends only the rest")
+                extra[res.kind] += 1
+                on_error(key, res)
+            else:
+                stats.ok += 1
+                stats.prompt_tokens += res.prompt_tokens
+                stats.completion_tokens += res.completion_tokens
+                extra.update(on_reply(key, res) or {})
+            stats.calls += 1 if res.attempts else 0     # a request not sent (wait_too_long) made no call
+            bar.update(1)
+            bar.set_postfix(ok=stats.ok, **{k: v for k, v in extra.items() if k != WAIT_TOO_LONG},
+                            failed=stats.failed, tok_in=stats.prompt_tokens, tok_out=stats.completion_tokens,
+                            refresh=False)
+    finally:
+        bar.close()
+        stats.elapsed_s = time.monotonic() - t0
+        stats.limiter_wait_s = limiter.waited_s
+    return stats
 
 
 def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTemplate, params: dict,
@@ -62,8 +156,6 @@ def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTe
 def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dict], result: GenerateResult,
                  template: PromptTemplate) -> None:
     """Call the LLM for every job not in the cache, appending each usable reply to the cache as it arrives."""
-    from tqdm.auto import tqdm
-
     pending: dict[str, list[PageJob]] = defaultdict(list)
     for j in jobs:
         if j.key not in cached:
@@ -71,44 +163,23 @@ def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dic
     result.pages_cached = sum(1 for j in jobs if j.key in cached)
     if not pending:
         return
-    backend = build_backend(cfg, template)
-    limiter = make_limiter(cfg)
-    workers = cfg.workers or PROVIDER_LIMITS.get(cfg.backend, {}).get("workers", 4)
+    settings = generation_settings(cfg, template)
     params = cfg.request_params()
-    policy = RetryPolicy(max_attempts=cfg.max_attempts, max_wait_s=cfg.max_wait_s)
-    t0 = time.monotonic()
-    counts: Counter = Counter()
-    retried: Counter = Counter()
-    bar = tqdm(total=len(pending), desc=f"generate ({cfg.backend}:{cfg.model_name})", unit="page")
-    try:
-        for key, res in iter_completions(backend, ((k, js[0].messages) for k, js in pending.items()),
-                                         workers=workers, limiter=limiter, policy=policy, **params):
-            retried.update(res.retried)
-            if isinstance(res, Completion) and not res.text.strip():   # a batching backend's empty reply
-                res = LLMError("empty", "the reply's content is empty")
-            if isinstance(res, LLMError):
-                counts["failed"] += 1
-                if res.kind == WAIT_TOO_LONG and not counts[WAIT_TOO_LONG]:
-                    bar.write(f"{res}: pages not sent yet are recorded as failed; replies received so far are "
-                              "cached, and a rerun sends only the rest")
-                counts[res.kind] += 1
-                for j in pending[key]:
-                    result.pages_failed.append({"paper_id": j.paper_id, "page": j.page, "chunk": j.chunk,
-                                                "error": res.describe(), "attempts": res.attempts})
-            else:
-                append_jsonl(cfg.cache_path, [cache_record(key, pending[key][0], cfg, template, params, res)])
-                counts["ok"] += 1
-                counts["triples"] += len(parse_reply_text(res.text, params["json_mode"]).triples)
-                counts["tok_in"] += res.prompt_tokens
-                counts["tok_out"] += res.completion_tokens
-            result.calls += 1 if res.attempts else 0     # a page not sent (wait_too_long) made no call
-            bar.update(1)
-            bar.set_postfix(ok=counts["ok"], triples=counts["triples"], failed=counts["failed"],
-                            tok_in=counts["tok_in"], tok_out=counts["tok_out"], refresh=False)
-    finally:
-        bar.close()
-        elapsed = time.monotonic() - t0
-        result.run_prompt_tokens, result.run_completion_tokens = counts["tok_in"], counts["tok_out"]
-        result.requests_per_min = result.calls / elapsed * 60 if elapsed > 0 else 0.0
-        result.limiter_wait_s = limiter.waited_s
-        result.retried = dict(retried.most_common())
+    backend = build_backend(settings, params["json_mode"])
+
+    def on_reply(key: str, res: Completion) -> dict:
+        append_jsonl(cfg.cache_path, [cache_record(key, pending[key][0], cfg, template, params, res)])
+        return {"triples": len(parse_reply_text(res.text, params["json_mode"]).triples)}
+
+    def on_error(key: str, err: LLMError) -> None:
+        for j in pending[key]:
+            result.pages_failed.append({"paper_id": j.paper_id, "page": j.page, "chunk": j.chunk,
+                                        "error": err.describe(), "attempts": err.attempts})
+
+    stats = send_pending(backend, settings, {k: js[0].messages for k, js in pending.items()}, params,
+                         desc="generate", unit="page", on_reply=on_reply, on_error=on_error)
+    result.calls = stats.calls
+    result.run_prompt_tokens, result.run_completion_tokens = stats.prompt_tokens, stats.completion_tokens
+    result.requests_per_min = stats.calls / stats.elapsed_s * 60 if stats.elapsed_s > 0 else 0.0
+    result.limiter_wait_s = stats.limiter_wait_s
+    result.retried = dict(stats.retried.most_common())

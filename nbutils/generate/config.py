@@ -10,6 +10,9 @@ from ..llm import DEFAULT_MODELS
 from .prompts import BUILTIN_PROMPTS, PromptTemplate, load_prompt
 
 CACHE_FILE = "generate_replies.jsonl"
+JUDGE_CACHE_FILE = "judge_verdicts.jsonl"
+JUDGE_MODES = ("page", "triple")
+GROUNDING_UNITS = ("idf", "unigram", "bigram", "mix")
 BACKENDS = tuple(DEFAULT_MODELS)
 
 # USD per million tokens (input, output); Groq's list prices. Unknown models cost 0 and say so.
@@ -27,8 +30,13 @@ class GenerateConfig(StageConfig):
 
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {
         "demo": {"backend": "local", "prompt": "demo", "max_pages": 56, "window_chars": 600,
-                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "repetition_penalty": 1.15},
-        "original": {"workers": 1},   # the original prompt (full's too), one request after another
+                 "max_input_chars": 700, "max_tokens": 80, "temperature": 0.0, "repetition_penalty": 1.15,
+                 # the judge runs end to end on the embedded 135M model, whose scores mean nothing: a few pages
+                 # judged (speed), and nothing dropped on its scores (the demo keeps its data)
+                 "judge_max_pages": 6, "judge_max_tokens": 48, "judge_max_input_chars": 700, "min_support": 0,
+                 "min_clarity": 0},
+        # the original prompt (full's too), one request after another, and no judge (the original had none)
+        "original": {"workers": 1, "judge": False},
     }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pages_path": "pages", "triples_path": "triples",
                                              "instruction_json_path": "instruction_json", "dataset_dir": "dataset",
@@ -63,6 +71,28 @@ class GenerateConfig(StageConfig):
     min_output_chars: int = option(3, "shorter outputs are dropped", ge=0)
     max_field_chars: int = option(4000, "longer fields are dropped", ge=1)
     near_dup_rouge_l: float = option(0.7, "instructions this similar (ROUGE-L F) to a kept one are dropped", ge=0, le=1)
+    judge: bool = option(True, "an LLM judges every parsed triple (support by the page, instruction clarity, 1-5) "
+                               "before the filters")
+    judge_backend: str | None = option(None, "the judge's backend; None: the generator's", choices=BACKENDS)
+    judge_model: str | None = option(None, "None: the generator's model on the same backend, else that backend's "
+                                           "default")
+    judge_base_url: str | None = option(None, "None: base_url when the judge uses the generator's backend")
+    judge_mode: str = option("page", "page: one call judges all of a page's triples (the page is paid once); "
+                                     "triple: one call per triple", choices=JUDGE_MODES)
+    judge_max_pages: int = option(0, "pages whose triples are judged (the first ones); 0 = all; the rest stay "
+                                     "unjudged (kept)", ge=0)
+    judge_max_input_chars: int = option(12000, "page text shown to the judge cut to this many characters (said)", ge=1)
+    judge_max_tokens: int = option(1024, "judge reply length limit", ge=1)
+    min_support: int = option(3, "triples the judge scores below this support (1-5) are dropped; 0 = keep all",
+                              ge=0, le=5)
+    min_clarity: int = option(3, "triples the judge scores below this instruction clarity (1-5) are dropped; "
+                                 "0 = keep all", ge=0, le=5)
+    drop_unjudged: bool = option(False, "drop triples the judge did not judge (failed call, missing verdict); "
+                                        "False: kept, their reason in judge_note")
+    grounding_unit: str = option("idf", "grounding score unit: idf-weighted content words on the page (measured "
+                                        "best), unigram, bigram or mix", choices=GROUNDING_UNITS)
+    min_grounding: float = option(0.0, "triples whose grounding score (0-1, no LLM) is below this are dropped; "
+                                       "0 = keep all", ge=0, le=1)
     test_size: float = option(0.2, "share of papers held out for the test split", gt=0, lt=1)
     seed: int = option(42, "split seed", ge=0)
     prices: dict = option(DEFAULT_PRICES, "model -> [USD per million input tokens, per million output tokens]")
@@ -76,6 +106,14 @@ class GenerateConfig(StageConfig):
         super().__post_init__()
         if not 0 < self.test_size < 1:
             raise ValueError(f"test_size={self.test_size} must be between 0 and 1 (a share of the papers)")
+        for name in ("min_support", "min_clarity"):
+            if not 0 <= getattr(self, name) <= 5:
+                raise ValueError(f"{name}={getattr(self, name)} must be 0 (off) or a score 1-5")
+        if self.judge and self.judge_backend_name == "openai" and not self.judge_model_name:
+            raise ValueError("judge_model is needed when the judge runs on backend 'openai' (the name the server "
+                             "serves); or judge=False")
+        if not 0 <= self.min_grounding <= 1:
+            raise ValueError(f"min_grounding={self.min_grounding} must be between 0 (off) and 1")
 
     @property
     def model_name(self) -> str:
@@ -84,6 +122,29 @@ class GenerateConfig(StageConfig):
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) / CACHE_FILE
+
+    @property
+    def judge_cache_path(self) -> Path:
+        return Path(self.cache_dir) / JUDGE_CACHE_FILE
+
+    @property
+    def judge_backend_name(self) -> str:
+        return self.judge_backend or self.backend
+
+    @property
+    def judge_model_name(self) -> str:
+        if self.judge_model:
+            return self.judge_model
+        return self.model_name if self.judge_backend_name == self.backend else DEFAULT_MODELS.get(
+            self.judge_backend_name, "")
+
+    @property
+    def judge_url(self) -> str | None:
+        return self.judge_base_url or (self.base_url if self.judge_backend_name == self.backend else None)
+
+    @property
+    def dropped_path(self) -> Path:
+        return self.paths.triples_dropped
 
     @property
     def report_path(self) -> Path:

@@ -20,6 +20,7 @@ class PageJob:
     chunk: int
     key: str
     messages: list[dict]
+    text: str = ""          # the page text the prompt holds (cut to max_input_chars): the judge and grounding read it
 
 
 def split_windows(text: str, size: int) -> list[str]:
@@ -121,9 +122,10 @@ def make_jobs(pages: list[dict], cfg: GenerateConfig, template: PromptTemplate) 
     jobs = []
     for p in pages:
         text = " ".join((p.get("text") or "").split()) if cfg.backend == "local" else (p.get("text") or "").strip()
-        messages = template.messages(text[: cfg.max_input_chars])
+        text = text[: cfg.max_input_chars]
+        messages = template.messages(text)
         jobs.append(PageJob(str(p["paper_id"]), int(p.get("page", 0) or 0), int(p.get("chunk", 0) or 0),
-                            cache_key(cfg.model_name, template.version, params, messages), messages))
+                            cache_key(cfg.model_name, template.version, params, messages), messages, text))
     return jobs
 
 

@@ -43,6 +43,31 @@ Write a question about this text and answer it."""
 DEMO_REPLY_PREFIX = "Triple 1:\nInstruction:"
 
 
+# 03's judge (judge.py): one page and the triples made from it -> a JSON verdict per triple.
+JUDGE_SYSTEM = ("You check instruction-tuning data made from a page of a research paper. You are strict and "
+                "brief, and you reply with JSON only.")
+
+JUDGE_USER = """Page of a research paper:
+<<<
+{page}
+>>>
+
+Triples (instruction, input, output) written from this page:
+{triples}
+
+For each triple give:
+- "support" (1-5): is everything the output states supported by the page? 5 = fully supported; 4 = supported with a minor gap; 3 = partly supported; 2 = mostly not in the page; 1 = contradicted by the page or unrelated to it.
+- "unsupported_claim": when support < 5, the main claim of the output that the page does not support, quoted from the output; else "".
+- "clarity" (1-5): is the instruction clear, self-contained (understandable without seeing the page, unless the input supplies the context) and answerable from the input and the page? 5 = yes; 1 = vague, or it points to something the reader cannot see.
+- "reason": one short sentence.
+
+Reply with JSON only, one verdict per triple id, in this shape:
+{"verdicts": [{"id": 1, "support": 5, "unsupported_claim": "", "clarity": 5, "reason": "..."}]}"""
+
+# A 135M local model cannot be asked for JSON: its reply is started for it (its scores mean nothing anyway).
+JUDGE_LOCAL_REPLY_PREFIX = '{"verdicts": [{"id": 1, "support":'
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A prompt: the user message (with `{text}`), an optional system message, an optional start of the

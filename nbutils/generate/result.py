@@ -25,7 +25,9 @@ class GenerateResult(StageResult):
     replies_without_triples: dict = field(default_factory=dict)   # reason -> count
     triples_parsed: int = 0
     triples_kept: int = 0
-    drops: dict = field(default_factory=dict)             # reason -> count (parser + quality filters)
+    drops: dict = field(default_factory=dict)             # reason -> count (parser, judge, grounding, quality)
+    grounding: dict = field(default_factory=dict)         # unit, min_grounding, scored, mean, below_min
+    judge: dict = field(default_factory=dict)             # the judge's model, calls, tokens, cost, problems
     triples_per_page: float = 0.0
     papers: int = 0
     run_prompt_tokens: int = 0
@@ -61,6 +63,13 @@ class GenerateResult(StageResult):
             f"wall {self.wall_s:.1f} s, {self.requests_per_min:.1f} requests/min, "
             f"limiter waits {self.limiter_wait_s:.1f} s",
         ]
+        if self.grounding:
+            g = self.grounding
+            lines.append(f"grounding ({g['unit']}, no LLM): mean {g['mean']} over {g['scored']} triples"
+                         + (f"; {g['below_min']} below min_grounding={g['min_grounding']}" if g["min_grounding"]
+                            else ""))
+        if self.judge:
+            lines.extend(judge_lines(self.judge))
         if self.split:
             lines.append(f"split ({self.split.get('method')}, seed {self.split.get('seed')}): "
                          f"{self.split.get('n_train')} train / {self.split.get('n_test')} test rows, "
@@ -74,6 +83,27 @@ class GenerateResult(StageResult):
     def rows(self) -> list[dict[str, Any]]:
         """One row per page/window: where its reply came from (cache, call, failed) and what it gave."""
         return list(self.pages)
+
+
+def judge_lines(j: dict) -> list[str]:
+    """The judge's part of the summary: what judged, what it cost, what went wrong."""
+    if not j.get("enabled"):
+        return ["judge: off"]
+    cost = f"~${j['cost_usd']:.4f}" + ("" if j["price_known"] else " (model not in the price table)")
+    lines = [f"judge {j['backend']}:{j['model']} ({j['mode']} mode, prompt {j['prompt_version']}): "
+             f"{j['triples_judged']} triples judged on {j['pages']} pages; {j['requests']} requests, "
+             f"{j['cached']} from cache, {j['calls']} calls, {len(j['failed'])} failed",
+             f"judge tokens this run: {j['prompt_tokens']} in / {j['completion_tokens']} out, {cost}; "
+             f"all verdicts ~${j['dataset_cost_usd']:.4f}",
+             f"judge: not judged {j['unjudged'] or 'none'}; problems {j['problems'] or 'none'}"]
+    if j["backend"] == "local":
+        lines.append("judge: a 135M local model's scores mean nothing: this shows the judge path working end to "
+                     "end, not the quality of the triples (use a large judge model to filter)")
+    if j.get("note"):
+        lines.append(f"judge: {j['note']}")
+    for f in j["failed"][:3]:
+        lines.append(f"  judge failed {f['paper_id']} p{f['page']}: {f['error']}")
+    return lines
 
 
 def cost_usd(prices: dict, model: str, tok_in: int, tok_out: int) -> tuple[float, bool]:

@@ -1,6 +1,10 @@
 """Stage 03: pages -> instruction/input/output triples with an LLM -> triples.jsonl, the original-format
 JSON and the frozen split dataset/.
 
+Every parsed triple gets a grounding score (grounding.py, no LLM) and, with `judge` on, the judge's verdict
+(judge.py: support by the page and instruction clarity, 1-5, with reasons); the score thresholds and then the
+quality filters drop triples, each dropped one written with its reason to triples_dropped.jsonl.
+
 Every raw reply is appended (fsync'd) to `data_dir/cache/generate_replies.jsonl` before it is parsed, keyed
 by sha256(backend model + prompt version + generation parameters + rendered prompt). Outputs are rebuilt
 from that cache on every run, so a rerun makes no calls for cached pages, and a run killed at any moment
@@ -18,10 +22,11 @@ from pathlib import Path
 
 from ..io import atomic_folder, check_replaceable, write_json, write_jsonl
 from ..lock import locked_stage
-from .build import build_triples
+from .build import add_grounding, filter_triples, parse_pages
 from .calls import call_pending
 from .config import GenerateConfig
 from .jobs import load_cache, load_pages, make_jobs, select_pages
+from .judge import run_judge
 from .result import GenerateResult, cost_usd
 
 
@@ -74,13 +79,17 @@ def run(cfg: GenerateConfig) -> GenerateResult:
     before = load_cache(cfg.cache_path)
     call_pending(cfg, jobs, before, result, template)
     cached = load_cache(cfg.cache_path)
-    triples = build_triples(cfg, jobs, cached, result, frozenset(cached.keys() - before.keys()))
+    candidates = parse_pages(cfg, jobs, cached, result, frozenset(cached.keys() - before.keys()))
+    add_grounding(cfg, jobs, candidates, result)
+    result.judge = run_judge(cfg, jobs, candidates)
+    triples, dropped = filter_triples(cfg, candidates, result)
     result.run_cost_usd, result.price_known = cost_usd(cfg.prices, cfg.model_name, result.run_prompt_tokens,
                                                        result.run_completion_tokens)
     result.dataset_cost_usd, _ = cost_usd(cfg.prices, cfg.model_name, result.dataset_prompt_tokens,
                                           result.dataset_completion_tokens)
     if triples:
         write_outputs(cfg, triples, result)
+        write_jsonl(cfg.dropped_path, dropped)
     else:
         result.note = keep_outputs_note(cfg, result)
         print(result.note)

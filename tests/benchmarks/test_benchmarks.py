@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "generation_speed", "generate_speed",
-           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws"]
+           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws", "judge_grounding"]
 
 
 def test_every_script_is_in_the_package_and_imports_alone():
@@ -103,3 +103,23 @@ def test_unsloth_case_reads_the_shared_helpers(monkeypatch):
     mod = importlib.import_module("benchmarks.unsloth_case")
     assert mod.TARGETS == importlib.import_module("nbutils.finetune.config").LORA_TARGETS
     assert pytest.raises(SystemExit, mod.main, ["--help"])
+
+
+def test_judge_grounding_reports_calls_per_kept_triple_and_separation(tmp_path):
+    """Issue 21's benchmark at a tiny size: the judge's calls per page vs per triple against the fake server, and
+    (where the paperqa data set is there) the grounding score's AUC on swapped answers."""
+    import json
+
+    from benchmarks import judge_grounding
+
+    out = tmp_path / "cost.json"
+    assert judge_grounding.main(["--out", str(out), "judge-cost", "--pages", "3", "--words", "120"]) == 0
+    cost = json.loads(out.read_text())
+    assert cost["page"]["judge_calls"] == 3 and cost["triple"]["judge_calls"] == cost["triple"]["triples_parsed"] == 9
+    assert cost["page"]["rerun_calls"] == 0 and cost["page"]["judge_tokens_per_kept_triple"] > 0
+    if not judge_grounding.PAPERQA.exists():
+        pytest.skip(f"no paperqa data set at {judge_grounding.PAPERQA}")
+    out = tmp_path / "grounding.json"
+    assert judge_grounding.main(["--out", str(out), "grounding", "--limit", "60"]) == 0
+    res = json.loads(out.read_text())["paperqa"]["computer_vision"]
+    assert res["n_true"] == 60 and res["idf"]["auc"] > 0.8 and res["idf"]["true_kept"] >= 0.95
