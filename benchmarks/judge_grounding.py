@@ -112,18 +112,27 @@ def derange(items: list, key, rng: random.Random) -> list:
 # ------------------------------------------------------------------------------------------- cases
 def paperqa_case(rng: random.Random, limit: int = 0) -> dict:
     """Both fields of paperqa (the first `limit` answers of each; 0 = all)."""
-    results = {}
+    results, all_pages, all_rows = {}, {}, []
     for field in ("computer_vision", "computational_biology"):
         meta = json.loads((PAPERQA / f"{field}_metadata.json").read_text())["papers"]
         pages = {m["file"]: f"{m['title']}. {m['abstract']}" for m in meta}
         rows = [r for r in json.loads((PAPERQA / f"{field}_questions.json").read_text())["questions"]
                 if r["source_document"] in pages and r["answer"].strip()]
         rows = rows[:limit] if limit else rows
-        true = [(r["answer"], pages[r["source_document"]]) for r in rows]
-        other = derange(rows, lambda r: r["source_document"], rng)
-        swapped = [(r["answer"], pages[o["source_document"]]) for r, o in zip(rows, other)]
-        results[field] = evaluate(true, swapped, list(pages.values()))
+        results[field] = swap_case(rows, pages, rng)
+        all_pages.update(pages)
+        all_rows += rows
+    # the issue's planted error as stated: an Output moved to a page drawn at random from the whole corpus
+    results["both_fields_any_paper"] = swap_case(all_rows, all_pages, rng)
     return results
+
+
+def swap_case(rows: list[dict], pages: dict[str, str], rng: random.Random) -> dict:
+    """Each answer against its own paper's page and against another paper's page (drawn from `rows`)."""
+    true = [(r["answer"], pages[r["source_document"]]) for r in rows]
+    other = derange(rows, lambda r: r["source_document"], rng)
+    swapped = [(r["answer"], pages[o["source_document"]]) for r, o in zip(rows, other)]
+    return evaluate(true, swapped, list(pages.values()))
 
 
 def demo_case(triples_path: Path, pages_path: Path, window_chars: int, rng: random.Random) -> dict:

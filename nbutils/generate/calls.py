@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from ..io import append_jsonl
@@ -27,6 +27,7 @@ from ..llm import (
     make_backend,
     redact,
 )
+from ..llm.batch import BATCH_BACKENDS, BatchSettings, batch_api, send_batched
 from .build import parse_reply_text
 from .config import GenerateConfig
 from .jobs import PageJob
@@ -52,12 +53,26 @@ class LLMSettings:
     threads: int = 0
     reply_prefix: str = ""
     data_dir: str = "data"
+    batch: bool = False            # groq/openai: through the provider's batch API (llm/batch.py)
+    batch_dir: str = ""            # where batch ids and states are kept (cache/batches)
+    batch_window: str = "24h"
+    batch_poll_s: float = 30.0
+    batch_wait_s: float = 0.0
+    batch_discount: float = 0.5
+
+
+def with_batch(s: LLMSettings, cfg: GenerateConfig) -> LLMSettings:
+    """`s` with the config's batch fields (batch mode applies to groq and openai; a local backend runs as usual)."""
+    return replace(s, batch=cfg.batch and s.backend in BATCH_BACKENDS, batch_dir=str(cfg.batch_dir),
+                   batch_window=cfg.batch_window, batch_poll_s=cfg.batch_poll_s, batch_wait_s=cfg.batch_wait_s,
+                   batch_discount=cfg.batch_discount)
 
 
 def generation_settings(cfg: GenerateConfig, template: PromptTemplate) -> LLMSettings:
-    return LLMSettings(cfg.backend, cfg.model_name, cfg.base_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
-                       cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, cfg.repetition_penalty, cfg.threads,
-                       template.reply_prefix, cfg.data_dir)
+    s = LLMSettings(cfg.backend, cfg.model_name, cfg.base_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
+                    cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, cfg.repetition_penalty, cfg.threads,
+                    template.reply_prefix, cfg.data_dir)
+    return with_batch(s, cfg)
 
 
 def build_backend(s: LLMSettings, json_mode: bool):
@@ -92,6 +107,7 @@ class SendStats:
     retried: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
     limiter_wait_s: float = 0.0
+    batch: dict = field(default_factory=dict)    # batch mode: batches submitted/resumed, discount (llm/batch.py)
 
 
 def send_pending(backend, s: LLMSettings, pending: dict[str, Messages], params: dict, *, desc: str, unit: str,
@@ -106,6 +122,8 @@ def send_pending(backend, s: LLMSettings, pending: dict[str, Messages], params: 
     stats = SendStats()
     if not pending:
         return stats
+    if s.batch:
+        return send_batch(backend, s, pending, params, desc=desc, on_reply=on_reply, on_error=on_error)
     limiter = make_limiter(s)
     workers = s.workers or PROVIDER_LIMITS.get(s.backend, {}).get("workers", 4)
     policy = RetryPolicy(max_attempts=s.max_attempts, max_wait_s=s.max_wait_s)
@@ -142,6 +160,28 @@ def send_pending(backend, s: LLMSettings, pending: dict[str, Messages], params: 
     return stats
 
 
+def send_batch(backend, s: LLMSettings, pending: dict[str, Messages], params: dict, *, desc: str,
+               on_reply: Callable[[str, Completion], dict | None],
+               on_error: Callable[[str, LLMError], None]) -> SendStats:
+    """`send_pending` through the provider's batch API: same replies to `on_reply` (so the same cache), batch ids
+    kept under `s.batch_dir` (a rerun resumes them), `stats.batch` for the report (its cost at the discount)."""
+    t0 = time.monotonic()
+    bs = BatchSettings(s.batch_dir, s.batch_window, s.batch_poll_s, s.batch_wait_s, s.max_attempts,
+                       s.batch_discount)
+    check = getattr(backend, "check_reply", None)
+    out = send_batched(batch_api(backend), bs, desc, s.backend, s.model, pending, params, on_reply=on_reply,
+                       on_error=on_error, check=check, desc=desc)
+    stats = SendStats(calls=out.requests_submitted, ok=out.replies, failed=out.failed + out.pending,
+                      prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                      retried=out.retried, elapsed_s=time.monotonic() - t0)
+    stats.batch = {"enabled": True, "discount": s.batch_discount, "window": s.batch_window,
+                   "batches_submitted": out.submitted, "batches_resumed": out.resumed,
+                   "requests_submitted": out.requests_submitted, "replies": out.replies,
+                   "resubmitted": out.resubmitted, "failed": out.failed, "pending": out.pending,
+                   "bad_result_lines": out.bad_lines, "polls": out.polls, "batches": out.statuses}
+    return stats
+
+
 def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTemplate, params: dict,
                  res: Completion) -> dict:
     """The cache line of one reply (its text redacted: a server echoing a key must not plant it in the data)."""
@@ -149,7 +189,7 @@ def cache_record(key: str, job: PageJob, cfg: GenerateConfig, template: PromptTe
             "backend": cfg.backend, "model": cfg.model_name, "prompt_version": template.version,
             "params": params, "reply": redact(res.text), "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-            "latency_s": round(res.latency_s, 3), "attempts": res.attempts,
+            "latency_s": round(res.latency_s, 3), "attempts": res.attempts, "batch_id": res.batch_id,
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -183,3 +223,4 @@ def call_pending(cfg: GenerateConfig, jobs: list[PageJob], cached: dict[str, dic
     result.requests_per_min = stats.calls / stats.elapsed_s * 60 if stats.elapsed_s > 0 else 0.0
     result.limiter_wait_s = stats.limiter_wait_s
     result.retried = dict(stats.retried.most_common())
+    result.batch = stats.batch

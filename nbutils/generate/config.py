@@ -11,6 +11,7 @@ from .prompts import BUILTIN_PROMPTS, PromptTemplate, load_prompt
 
 CACHE_FILE = "generate_replies.jsonl"
 JUDGE_CACHE_FILE = "judge_verdicts.jsonl"
+BATCH_DIR = "batches"          # under cache_dir: one <stage>-<name>.json per batch submitted (+ its input JSONL)
 JUDGE_MODES = ("page", "triple")
 GROUNDING_UNITS = ("idf", "unigram", "bigram", "mix")
 BACKENDS = tuple(DEFAULT_MODELS)
@@ -67,6 +68,16 @@ class GenerateConfig(StageConfig):
     batch_size: int = option(8, "local backend: prompts per generate call", ge=1)
     repetition_penalty: float = option(1.0, "local backend", gt=0)
     threads: int = option(0, "local backend: torch CPU threads (0: torch's default)", ge=0)
+    batch: bool = option(False, "groq/openai: send generation and judge requests through the provider's batch API "
+                                "(JSONL uploaded, ~half price, results within batch_window); batch ids are kept under "
+                                "cache/batches, so a rerun resumes waiting instead of paying twice")
+    batch_window: str = option("24h", "batch completion window asked for (OpenAI: 24h; Groq: 24h to 7d)")
+    batch_poll_s: float = option(30.0, "first wait between batch status checks; it grows 1.5x a check, to 10 min", gt=0)
+    batch_wait_s: float = option(0.0, "stop waiting for batches after this many seconds (their pages are recorded "
+                                      "as pending, a rerun resumes the same batches); 0 = wait until they end", ge=0)
+    batch_discount: float = option(0.5, "share off the list price for batch requests, used for the report's cost "
+                                        "(OpenAI documents 50 %; Groq's docs said 25 %, later 50 %: set your "
+                                        "provider's current figure)", ge=0, le=1)
     min_instruction_chars: int = option(10, "shorter instructions are dropped", ge=0)
     min_output_chars: int = option(3, "shorter outputs are dropped", ge=0)
     max_field_chars: int = option(4000, "longer fields are dropped", ge=1)
@@ -109,6 +120,11 @@ class GenerateConfig(StageConfig):
         for name in ("min_support", "min_clarity"):
             if not 0 <= getattr(self, name) <= 5:
                 raise ValueError(f"{name}={getattr(self, name)} must be 0 (off) or a score 1-5")
+        if self.batch and self.backend == "local" and not (self.judge and self.judge_backend_name != "local"):
+            raise ValueError("batch=True needs backend (or judge_backend) groq or openai: the providers' batch "
+                             "APIs; a local model has none")
+        if not 0 <= self.batch_discount < 1:
+            raise ValueError(f"batch_discount={self.batch_discount} must be a share of the price, 0 to <1")
         if self.judge and self.judge_backend_name == "openai" and not self.judge_model_name:
             raise ValueError("judge_model is needed when the judge runs on backend 'openai' (the name the server "
                              "serves); or judge=False")
@@ -122,6 +138,10 @@ class GenerateConfig(StageConfig):
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir) / CACHE_FILE
+
+    @property
+    def batch_dir(self) -> Path:
+        return Path(self.cache_dir) / BATCH_DIR
 
     @property
     def judge_cache_path(self) -> Path:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from ..io import append_jsonl, read_jsonl, sha256_text
 from ..llm import Completion, LLMError, Messages, redact
-from .calls import LLMSettings, build_backend, send_pending
+from .calls import LLMSettings, build_backend, send_pending, with_batch
 from .config import GenerateConfig
 from .jobs import PageJob
 from .prompts import JUDGE_LOCAL_REPLY_PREFIX as LOCAL_REPLY_PREFIX
@@ -89,9 +89,9 @@ class Verdicts:
 def judge_settings(cfg: GenerateConfig) -> LLMSettings:
     backend = cfg.judge_backend_name
     tpl = judge_template(backend)
-    return LLMSettings(backend, cfg.judge_model_name, cfg.judge_url, cfg.timeout_s, cfg.rpm, cfg.tpm, cfg.workers,
-                       cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, 1.0, cfg.threads, tpl.reply_prefix,
-                       cfg.data_dir)
+    return with_batch(LLMSettings(backend, cfg.judge_model_name, cfg.judge_url, cfg.timeout_s, cfg.rpm, cfg.tpm,
+                                  cfg.workers, cfg.max_attempts, cfg.max_wait_s, cfg.batch_size, 1.0, cfg.threads,
+                                  tpl.reply_prefix, cfg.data_dir), cfg)
 
 
 def judge_params(cfg: GenerateConfig) -> dict:
@@ -246,6 +246,8 @@ class VerdictCheck:
             raise err
         return done
 
+    check_reply = _check     # batch mode (llm/batch.py) checks each reply it reads back with it
+
     def complete(self, messages: Messages, **params) -> Completion:
         return self._check(messages, self.inner.complete(messages, **params))
 
@@ -277,7 +279,8 @@ def verdict_record(key: str, job: JudgeJob, s: LLMSettings, version: str, params
             "backend": s.backend, "model": s.model, "prompt_version": version, "params": params,
             "reply": redact(res.text), "malformed": malformed, "prompt_tokens": res.prompt_tokens,
             "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
-            "attempts": res.attempts, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            "attempts": res.attempts, "batch_id": res.batch_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict], report: dict) -> None:
@@ -314,6 +317,7 @@ def call_judge(cfg: GenerateConfig, jobs: list[JudgeJob], cached: dict[str, dict
     report["completion_tokens"] += stats.completion_tokens + backend.malformed_tokens[1]
     report["retried"] = dict(stats.retried.most_common())
     report["limiter_wait_s"] = round(stats.limiter_wait_s, 2)
+    report["batch"] = stats.batch
 
 
 # ------------------------------------------------------------------------------------------- verdicts
@@ -378,7 +382,7 @@ def new_report(cfg: GenerateConfig) -> dict:
 def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[dict]) -> dict:
     """Judge the candidates (all parsed triples, before the filters): build requests, send what is not
     cached, apply the verdicts. Returns the judge's report."""
-    from .result import cost_usd
+    from .result import batch_saving_usd, cost_usd
 
     report = new_report(cfg)
     for t in candidates:
@@ -395,12 +399,17 @@ def run_judge(cfg: GenerateConfig, page_jobs: list[PageJob], candidates: list[di
         raise LLMError(e.kind, f"the judge ({report['backend']}:{report['model']}) cannot run: {e}. Generation's "
                                "replies are cached: fix the judge's settings (or judge=False) and rerun",
                        e.status) from e
-    apply_verdicts(jobs, load_verdict_cache(cfg.judge_cache_path), candidates, report)
+    verdicts = load_verdict_cache(cfg.judge_cache_path)
+    apply_verdicts(jobs, verdicts, candidates, report)
     model = report["model"]
     report["cost_usd"], report["price_known"] = cost_usd(cfg.prices, model, report["prompt_tokens"],
                                                          report["completion_tokens"])
+    if report.get("batch"):                # sent through the batch API: its price
+        report["cost_usd"] *= 1 - report["batch"]["discount"]
     report["dataset_cost_usd"], _ = cost_usd(cfg.prices, model, report["dataset_prompt_tokens"],
                                              report["dataset_completion_tokens"])
+    report["dataset_cost_usd"] -= batch_saving_usd(cfg.prices, model, {j.key: verdicts.get(j.key) for j in jobs}
+                                                   .values(), cfg.batch_discount)
     all_pages = len({(t["paper_id"], t["page"], t["chunk"]) for t in candidates})
     if report["pages"] < all_pages:
         report["note"] = (f"judge_max_pages={cfg.judge_max_pages}: only the first {report['pages']} pages' "

@@ -28,6 +28,7 @@ class GenerateResult(StageResult):
     drops: dict = field(default_factory=dict)             # reason -> count (parser, judge, grounding, quality)
     grounding: dict = field(default_factory=dict)         # unit, min_grounding, scored, mean, below_min
     judge: dict = field(default_factory=dict)             # the judge's model, calls, tokens, cost, problems
+    batch: dict = field(default_factory=dict)             # batch mode: batches submitted/resumed, discount
     triples_per_page: float = 0.0
     papers: int = 0
     run_prompt_tokens: int = 0
@@ -63,6 +64,8 @@ class GenerateResult(StageResult):
             f"wall {self.wall_s:.1f} s, {self.requests_per_min:.1f} requests/min, "
             f"limiter waits {self.limiter_wait_s:.1f} s",
         ]
+        if self.batch:
+            lines.append(batch_line("generate", self.batch))
         if self.grounding:
             g = self.grounding
             lines.append(f"grounding ({g['unit']}, no LLM): mean {g['mean']} over {g['scored']} triples"
@@ -85,6 +88,15 @@ class GenerateResult(StageResult):
         return list(self.pages)
 
 
+def batch_line(what: str, b: dict) -> str:
+    """One line on how a stage's batch mode went."""
+    return (f"{what} batch API: {b['batches_submitted']} batches submitted, {b['batches_resumed']} resumed from "
+            f"cache/batches; {b['requests_submitted']} requests, {b['replies']} replies, {b['resubmitted']} "
+            f"resubmitted, {b['failed']} failed, {b['pending']} still pending; cost at "
+            f"{100 * (1 - b['discount']):.0f} % of list price"
+            + (f"; unreadable result lines {b['bad_result_lines']}" if b["bad_result_lines"] else ""))
+
+
 def judge_lines(j: dict) -> list[str]:
     """The judge's part of the summary: what judged, what it cost, what went wrong."""
     if not j.get("enabled"):
@@ -99,11 +111,21 @@ def judge_lines(j: dict) -> list[str]:
     if j["backend"] == "local":
         lines.append("judge: a 135M local model's scores mean nothing: this shows the judge path working end to "
                      "end, not the quality of the triples (use a large judge model to filter)")
+    if j.get("batch"):
+        lines.append(batch_line("judge", j["batch"]))
     if j.get("note"):
         lines.append(f"judge: {j['note']}")
     for f in j["failed"][:3]:
         lines.append(f"  judge failed {f['paper_id']} p{f['page']}: {f['error']}")
     return lines
+
+
+def batch_saving_usd(prices: dict, model: str, records, discount: float) -> float:
+    """What the cached replies that came from a provider batch (`batch_id` set) saved on the list price."""
+    recs = [r for r in records if r and r.get("batch_id")]
+    tok_in = sum(int(r.get("prompt_tokens") or 0) for r in recs)
+    tok_out = sum(int(r.get("completion_tokens") or 0) for r in recs)
+    return cost_usd(prices, model, tok_in, tok_out)[0] * discount
 
 
 def cost_usd(prices: dict, model: str, tok_in: int, tok_out: int) -> tuple[float, bool]:

@@ -27,7 +27,7 @@ from .calls import call_pending
 from .config import GenerateConfig
 from .jobs import load_cache, load_pages, make_jobs, select_pages
 from .judge import run_judge
-from .result import GenerateResult, cost_usd
+from .result import GenerateResult, batch_saving_usd, cost_usd
 
 
 def write_outputs(cfg: GenerateConfig, triples: list[dict], result: GenerateResult) -> None:
@@ -85,8 +85,12 @@ def run(cfg: GenerateConfig) -> GenerateResult:
     triples, dropped = filter_triples(cfg, candidates, result)
     result.run_cost_usd, result.price_known = cost_usd(cfg.prices, cfg.model_name, result.run_prompt_tokens,
                                                        result.run_completion_tokens)
+    if result.batch:                       # this run's requests went through the batch API: its price
+        result.run_cost_usd *= 1 - result.batch["discount"]
     result.dataset_cost_usd, _ = cost_usd(cfg.prices, cfg.model_name, result.dataset_prompt_tokens,
                                           result.dataset_completion_tokens)
+    result.dataset_cost_usd -= batch_saving_usd(cfg.prices, cfg.model_name, {j.key: cached.get(j.key) for j in jobs}
+                                                .values(), cfg.batch_discount)
     if triples:
         write_outputs(cfg, triples, result)
         write_jsonl(cfg.dropped_path, dropped)

@@ -41,6 +41,7 @@ class Completion:
     attempts: int = 1
     headers: dict = field(default_factory=dict, repr=False)
     retried: Counter = field(default_factory=Counter)
+    batch_id: str | None = None       # the provider batch it came from (llm/batch.py): its tokens cost the batch price
 
 
 class LLMError(Exception):

@@ -77,6 +77,8 @@ CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections
 
 # A chat completion of a few thousand tokens is a few KB; no reply is allowed more than this, decoded.
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+# Anything else through the same client (a batch's results file: thousands of replies) is bounded too.
+MAX_FILE_BYTES = 2 * 1024**3
 
 
 class ReplyTooLarge(httpx.DecodingError):
@@ -155,7 +157,9 @@ class DeadlineTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _now.deadline, _now.total_s = time.monotonic() + self.total_s, self.total_s
         request.headers["accept-encoding"] = "gzip, deflate"
-        return capped_response(super().handle_request(request), self.max_bytes or MAX_REPLY_BYTES)
+        chat = request.url.path.rstrip("/").endswith("/chat/completions")
+        cap = (self.max_bytes or MAX_REPLY_BYTES) if chat else MAX_FILE_BYTES   # batch result files are larger
+        return capped_response(super().handle_request(request), cap)
 
 
 def deadline_client(total_s: float, max_bytes: int | None = None, **kwargs: Any) -> httpx.Client:

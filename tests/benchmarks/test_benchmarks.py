@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "generation_speed", "generate_speed",
-           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws", "judge_grounding"]
+           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws", "judge_grounding", "batch_resume"]
 
 
 def test_every_script_is_in_the_package_and_imports_alone():
@@ -123,3 +123,16 @@ def test_judge_grounding_reports_calls_per_kept_triple_and_separation(tmp_path):
     assert judge_grounding.main(["--out", str(out), "grounding", "--limit", "60"]) == 0
     res = json.loads(out.read_text())["paperqa"]["computer_vision"]
     assert res["n_true"] == 60 and res["idf"]["auc"] > 0.8 and res["idf"]["true_kept"] >= 0.95
+
+
+@pytest.mark.slow
+def test_batch_resume_kills_and_reruns_without_duplicates_or_losses():
+    """Issue 21's batch benchmark at a tiny size: killed while waiting and between create and its reply, 0
+    duplicates and 0 lost pages; the contrast without state files pays for every page twice."""
+    from benchmarks import batch_resume
+
+    rows = {r["kind"]: r for r in batch_resume.main(["--pages", "6", "--trials", "0"])}
+    for kind in ("waiting", "create"):
+        assert rows[kind]["duplicates"] == rows[kind]["lost_pages"] == rows[kind]["lost_judge"] == 0
+        assert rows[kind]["resumed"] == 1
+    assert rows["no-state"]["duplicates"] == 6
