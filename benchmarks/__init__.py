@@ -10,6 +10,8 @@ run. One script per benchmark, run from the repository root as `python -m benchm
   generate_local    03's local backend: HF generate vs the decoding engine on demo-corpus pages (GPU)
   parse_speed       02: the original PyPDFLoader loop vs nbutils.parse on a synthetic corpus, speed and text quality
   make_corpus       the synthetic arXiv-like PDF corpus parse_speed reads (with its ground truth)
+  export_roundtrip  the export step: GGUF read back by transformers vs the merged model, greedy tokens (CPU)
+  export_gpu        the export step: merge + GGUF q8_0 of Llama-3-8B shapes, wall time and peak memory (GPU)
 
 Shared helpers (GPU sync and timers, model shapes, the random-weight model builder, environment, JSON) live once in
 benchmarks.common. run_gpu_bench.sh runs the GPU phases; figures and the commands that made them: RESULTS.md."""

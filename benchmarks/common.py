@@ -29,7 +29,16 @@ SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, n
 TINY = dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
             tie_word_embeddings=True, rope_theta=10000.0)
-SHAPES = {"llama3-8b": LLAMA3_8B, "smollm2-135m": SMOLLM2_135M, "tiny": TINY}
+# issue 25: other widths for the fused-LoRA crossover (benchmarks.finetune_workloads)
+SMOLLM2_360M = dict(SMOLLM2_135M, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                    num_attention_heads=15, num_key_value_heads=5)
+QWEN25_1_5B_SHAPE = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-6,
+                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=True, rope_theta=1000000.0)
+LLAMA32_1B = dict(LLAMA3_8B, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                  tie_word_embeddings=True)
+SHAPES = {"llama3-8b": LLAMA3_8B, "smollm2-135m": SMOLLM2_135M, "tiny": TINY, "smollm2-360m": SMOLLM2_360M,
+          "qwen2.5-1.5b-shape": QWEN25_1_5B_SHAPE, "llama3.2-1b": LLAMA32_1B}
 
 
 def log(*a) -> None:

@@ -109,6 +109,8 @@ CASES: dict[str, dict] = {
     "fast": dict(_FAST, note="the stage's memory_mode=fast (>= 70 GiB): default_fused_adamw + fused LoRA"),
     "fast_bnb8": dict(_FAST, optim="adamw_bnb_8bit", note="fast with 8-bit AdamW, not paged"),
     "fast_mb8": dict(_FAST, **_MB8, note="fast, micro-batch 8 x accum 2 (the memory the Triton dropout frees)"),
+    "fast_nodrop": dict(_FAST, **_NODROP, note="fast, fused LoRA forced on, LoRA dropout 0 (issue 25: the width "
+                                               "crossover against default_nodrop)"),
     "fast_torchdrop": dict(_FAST, torch_dropout=True,
                            note="fast, fused LoRA but PyTorch's dropout (no Triton dropout kernels)"),
     "lean_fused_torchdrop": dict(_LEAN_FUSED, torch_dropout=True, note="lean, fused LoRA but PyTorch's dropout"),
@@ -122,6 +124,9 @@ CASES: dict[str, dict] = {
     "auto_gcoff": dict(patch="gcoff", note="diagnostic: stage_auto with Python's garbage collector off"),
     "auto_nokeep": dict(keep_base_weight=False, note="stage_auto with keep_base_weight=False (4-bit weights "
                                                      "dequantised again in the backward)"),
+    "auto_nokeep_nodrop": dict(keep_base_weight=False, **_NODROP,
+                               note="stage default at LoRA dropout 0 with keep_base_weight=False (fast mode's memory "
+                                    "without the kept weights)"),
     "auto_stocktrl": dict(patch="stocktrl", note="stage_auto with TRL's own SFTTrainer read-backs (a .item() per "
                                                  "micro-batch for metrics and tokens)"),
     "lean_stocktrl": dict(_LEAN_FUSED, patch="stocktrl", note="lean_fused with TRL's own SFTTrainer read-backs"),

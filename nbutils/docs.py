@@ -13,6 +13,19 @@ from .config import parameter_table
 from .io import PROJECT_ROOT, atomic_write_text
 from .runner import STAGE_CONFIGS, stage_config_class
 
+# Steps with a parameter table but no notebook of their own (the export step runs at the end of 05).
+EXTRA_CONFIGS = {"export": ("nbutils.export", "ExportConfig")}
+DOC_CONFIGS = {**STAGE_CONFIGS, **EXTRA_CONFIGS}
+
+
+def doc_config_class(stage: str):
+    if stage in EXTRA_CONFIGS:
+        import importlib
+
+        module, name = EXTRA_CONFIGS[stage]
+        return getattr(importlib.import_module(module), name)
+    return stage_config_class(stage)
+
 README = PROJECT_ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- params:(?P<stage>[\w]+) -->\n)(?P<body>.*?)(<!-- /params -->)", re.S)
 
@@ -21,9 +34,9 @@ def render_parameter_blocks(text: str) -> str:
     """`text` with every parameter block refilled from its stage's config."""
     def fill(m: re.Match) -> str:
         stage = m.group("stage")
-        if stage not in STAGE_CONFIGS:
-            raise ValueError(f"README block names an unknown stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}")
-        return m.group(1) + parameter_table(stage_config_class(stage)) + "\n" + m.group(4)
+        if stage not in DOC_CONFIGS:
+            raise ValueError(f"README block names an unknown stage {stage!r}; stages: {', '.join(DOC_CONFIGS)}")
+        return m.group(1) + parameter_table(doc_config_class(stage)) + "\n" + m.group(4)
 
     return BLOCK.sub(fill, text)
 

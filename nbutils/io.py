@@ -53,6 +53,7 @@ class DataPaths:
     adapter = property(lambda self: self.root / "models" / "adapter")
     checkpoints = property(lambda self: self.root / "models" / "checkpoints")
     merged = property(lambda self: self.root / "models" / "merged")
+    export = property(lambda self: self.root / "export")
     reports = property(lambda self: self.root / "reports")
     cache = property(lambda self: self.root / "cache")
     runs = property(lambda self: self.root / "runs")

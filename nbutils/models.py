@@ -270,8 +270,10 @@ def load_tokenizer(name_or_path: str, data_dir: str | os.PathLike = "data", **kw
 
 
 def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, load_in_4bit: bool = False,
-                   dtype=None, attn_implementation: str | None = None, device: str | None = None, **kwargs):
-    """Load a causal LM the same way for every source. 4-bit (nf4, double quant) needs CUDA."""
+                   dtype=None, attn_implementation: str | None = None, device: str | None = None,
+                   quant_storage=None, **kwargs):
+    """Load a causal LM the same way for every source. 4-bit (nf4, double quant) needs CUDA. quant_storage: the
+    dtype the packed 4-bit weights are stored in (FSDP shards only floating tensors: pass the compute dtype)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -291,7 +293,7 @@ def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, l
 
         extra["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            bnb_4bit_compute_dtype=dtype, **({"bnb_4bit_quant_storage": quant_storage} if quant_storage else {}))
         extra["device_map"] = {"": torch.cuda.current_device()}
     elif device == "cuda":
         extra["device_map"] = {"": torch.cuda.current_device()}

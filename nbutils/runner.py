@@ -86,18 +86,34 @@ def stage_config_class(stage: str):
     return getattr(importlib.import_module(spec[0]), spec[1]) if spec else None
 
 
+# Sections of a notebook that run a step with a config of its own (05's last section: the export step). Their
+# parameters sit in the notebook's parameters cell too, and `-p` values are typed against their fields.
+SECTION_CONFIGS = {"05_evaluate": (("nbutils.export", "ExportConfig"),)}
+
+
+def notebook_config_classes(stage: str) -> list:
+    """The stage's config class, then those of its sections (empty for a notebook without one)."""
+    import importlib
+
+    main = stage_config_class(stage)
+    extra = [getattr(importlib.import_module(m), n) for m, n in SECTION_CONFIGS.get(stage, ())]
+    return [main, *extra] if main is not None else []
+
+
 def typed_parameters(stage: str, values: dict[str, Any], raw: dict[str, str] | None = None) -> dict[str, Any]:
     """Each value checked (a string from the command line parsed) against the stage config's field type:
     `-p learning_rate 2e-3x` fails here, naming the stage and the parameter, before any stage runs."""
-    cls = stage_config_class(stage)
-    if cls is None:
-        return values
-    known = set(cls.field_names())
-    given = {k: (raw or {}).get(k, v) for k, v in values.items() if k in known and v is not None}
-    try:
-        return {**values, **cls.check_params(given)}
-    except ValueError as e:
-        raise ValueError(f"{stage}: {e}") from None
+    out = dict(values)
+    seen: set[str] = set()
+    for cls in notebook_config_classes(stage):   # a name shared by a section's config is typed by the stage's
+        known = set(cls.field_names()) - seen
+        seen |= known
+        given = {k: (raw or {}).get(k, v) for k, v in values.items() if k in known and v is not None}
+        try:
+            out.update(cls.check_params(given))
+        except ValueError as e:
+            raise ValueError(f"{stage}: {e}") from None
+    return out
 
 
 def check_stage_config(stage: str, profile: str, data_dir: Path, values: dict[str, Any]) -> None:

@@ -1,10 +1,9 @@
 """README's parameter tables are generated from the configs (nbutils.docs): they cannot drift."""
-from nbutils.docs import README, render_parameter_blocks, stages_with_blocks
-from nbutils.runner import STAGE_CONFIGS
+from nbutils.docs import DOC_CONFIGS, README, render_parameter_blocks, stages_with_blocks
 
 
 def test_every_stage_has_a_parameter_table_in_the_readme():
-    assert sorted(stages_with_blocks(README.read_text())) == sorted(STAGE_CONFIGS)
+    assert sorted(stages_with_blocks(README.read_text())) == sorted(DOC_CONFIGS)
 
 
 def test_readme_tables_equal_the_configs():

@@ -61,23 +61,26 @@ def test_committed_without_outputs_or_secrets(path):
 def test_parameters_reach_the_config_once_and_match_its_fields(path):
     """Every parameters-cell name is a field of the stage's config, and `XConfig.from_notebook(globals())` takes
     exactly those names from the notebook (the cells before the config cell), nothing else."""
-    from nbutils.runner import stage_config_class
+    from nbutils.runner import notebook_config_classes
 
-    cls = stage_config_class(path.stem)
-    if cls is None:
+    classes = notebook_config_classes(path.stem)   # the stage's config, then its sections' (05: ExportConfig)
+    if not classes:
         pytest.skip("not a stage notebook")
+    fields_ = set().union(*(c.field_names() for c in classes))
     nb = nbformat.read(str(path), as_version=4)
     cell = parameters_cell(nb)
     names = {t.id for node in ast.parse(cell.source).body for t in node.targets}
-    assert names <= set(cls.field_names()), f"not {cls.__name__} fields: {sorted(names - set(cls.field_names()))}"
+    assert names <= fields_, f"not {', '.join(c.__name__ for c in classes)} fields: {sorted(names - fields_)}"
     code = [c for c in nb.cells if c.cell_type == "code"]
     config_cell = next(c for c in code if "from_notebook(globals())" in c.source)
     assert "from_params" not in "".join(c.source for c in code), "parameters written out again"
     namespace: dict = {}
     for c in code[: code.index(config_cell)]:                  # the set-up cell (a no-op here) and the parameters
         exec(compile(c.source, path.name, "exec"), namespace)
-    picked = {n for n in cls.field_names() if n in namespace}
+    picked = {n for n in fields_ if n in namespace}
     assert picked == names, f"taken from outside the parameters cell: {sorted(picked - names)}"
-    cfg = cls.from_notebook({**namespace, "data_dir": "/tmp/nb-data"})
-    assert cfg.to_dict() == cls.from_params(profile=namespace["profile"], data_dir="/tmp/nb-data",
-                                            **{n: namespace[n] for n in names - {"profile", "data_dir"}}).to_dict()
+    for c in classes:
+        mine = names & set(c.field_names())
+        cfg = c.from_notebook({**namespace, "data_dir": "/tmp/nb-data"})
+        assert cfg.to_dict() == c.from_params(profile=namespace["profile"], data_dir="/tmp/nb-data",
+                                              **{n: namespace[n] for n in mine - {"profile", "data_dir"}}).to_dict()

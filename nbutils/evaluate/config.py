@@ -58,6 +58,11 @@ class EvaluateConfig(StageConfig):
     judge_model: str | None = option(None, "None: the backend's default model")
     judge_base_url: str | None = option(None, "OpenAI-compatible server URL (judge_backend='openai')")
     judge_max_examples: int = option(0, "0: judge every evaluated example", ge=0)
+    # the notebook's last two sections (not read by run())
+    try_prompt: str = option("", "notebook: your own prompt, answered by base and tuned side by side after the "
+                             "evaluation; '' skips")
+    export: bool = option(False, "notebook: publish what was evaluated with nbutils.export (merged weights, GGUF, "
+                          "Modelfile, model card; ExportConfig's parameters in the same cell)")
 
     def gen_params(self) -> GenParams:
         """The decoding settings of both passes (base and tuned)."""

@@ -20,7 +20,8 @@ memory mode chosen from the GPU's memory (config.py holds the thresholds). Its d
   a non-finite loss stops the run with a clear error; an out-of-memory error names the knobs to turn.
 
 Modules: config (knobs, thresholds), runtime (what this machine does), data, callbacks, resume, train (one
-process), result (log, plot, FinetuneResult), stage (run: here or under accelerate), trainer (SyncFreeSFTTrainer),
+process), result (log, plot, FinetuneResult), stage (run: here or under accelerate), fsdp (DDP or FSDP-QLoRA over
+one host's GPUs: the memory arithmetic, the launch flags, the sharded adapter save), trainer (SyncFreeSFTTrainer),
 __main__ (`python -m nbutils.finetune`, also under `accelerate launch -m nbutils.finetune`).
 Outputs under data_dir/models/: adapter/ (PEFT adapter + tokenizer + train_log.json + loss.png), checkpoints/,
 optionally merged/.

@@ -20,6 +20,13 @@ FAST_MIN_GPU_GIB_FUSED_DROPOUT = 47.0
 # keep_base_weight=None keeps each dequantised 4-bit base weight from the forward to the backward in fast mode on a
 # GPU with at least this much: +13 GiB for Llama-3-8B (41.3 -> 54.3 GiB peak), so not on 48 GB cards.
 KEEP_BASE_WEIGHT_MIN_GPU_GIB = 70.0
+# fuse_lora="auto" gives the LoRA layers nbutils.kernels' fused forward only on models at least this wide (the
+# adapted layers' smallest input, i.e. hidden_size). Measured (benchmarks/RESULTS.md, issues 15 and 25): at 4096
+# (Llama-3-8B, nf4, r=64) fused is faster than PEFT's layers (16,604 vs 14,974 tok/s at dropout 0; +5.8 % at 0.1);
+# at 576 (SmolLM2-135M, full profile) it is 1.56x slower (13,751 vs 21,395 tok/s): each projection's work is too
+# small for the fused path's fixed cost per layer and call. Widths in between are not measured yet
+# (benchmarks.finetune_workloads has the crossover cases), so they keep PEFT's layers.
+FUSE_LORA_MIN_HIDDEN = 4096
 # What each memory mode sets among the fields left at None (measured as above, run 13: fast 14,634 tok/s at
 # 54.3 GiB with keep_base_weight, 14,412 at 41.3 GiB without; lean 9,575 tok/s at 9.4 GiB; the original recipe,
 # bf16-loaded, 7,195 tok/s at 10.5 GiB).
@@ -28,7 +35,13 @@ MEMORY_MODES = {"fast": {"gradient_checkpointing": False, "optim": "adamw_torch_
 # Stage 05 (load_in_4bit=None) loads its base in bf16 on a CUDA GPU with at least this much memory, in 4-bit below
 # (bf16 keeps the adapter attached without dequantising in every matmul; Llama-3-8B's bf16 weights are 16 GB).
 EVAL_BF16_MIN_GPU_GIB = 40.0
+# multi_gpu="auto" plans DDP or FSDP from an estimate of each GPU's memory (nbutils/finetune/fsdp.py) against this
+# fraction of the card (the allocator's fragmentation and the CUDA context take the rest).
+FSDP_USABLE_GPU_FRACTION = 0.9
+# nf4 with double quantisation: 4 bits + the blocks' scales (fp8 per 64 weights, fp32 per 256 blocks) per weight.
+NF4_BITS_PER_WEIGHT = 4.127
 AUTO = "auto"
+MULTI_GPU_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -85,8 +98,10 @@ class FinetuneConfig(StageConfig):
                               choices=(AUTO, *MEMORY_MODES))
     use_liger_kernel: bool | None = option(None, "Liger's fused RMSNorm/SwiGLU/RoPE/loss kernels; None: on with "
                                            "CUDA when liger-kernel imports")
-    fuse_lora: bool = option(True, "LoRA scale and sum folded into one GEMM and, on CUDA, the LoRA dropout inside "
-                             "Triton kernels (nbutils.kernels; same math); False: PEFT's own forward")
+    fuse_lora: bool | str = option(AUTO, "LoRA scale and sum folded into one GEMM and, on CUDA, the LoRA dropout "
+                                   "inside Triton kernels (nbutils.kernels; same math); False: PEFT's own forward; "
+                                   f"auto: fused on models with hidden_size >= {FUSE_LORA_MIN_HIDDEN} (measured "
+                                   "faster there; 1.56x slower than PEFT's layers at SmolLM2's 576)", choices=(AUTO,))
     keep_base_weight: bool | None = option(None, "fused LoRA + Triton dropout + 4-bit: keep each dequantised base "
                                            "weight for the backward (+13 GiB on Llama-3-8B); None: on in fast "
                                            f"mode with >= {KEEP_BASE_WEIGHT_MIN_GPU_GIB:g} GiB GPU memory")
@@ -116,8 +131,10 @@ class FinetuneConfig(StageConfig):
     merge: bool = option(False, "also write the merged full model to merged_dir")
     attn_implementation: str | None = option(None, "None: flash_attention_2 when usable, else on CUDA sdpa_varlen "
                                              "(PyTorch's flash varlen kernel) when packing, else sdpa")
-    multi_gpu: bool | str = option(AUTO, "auto: more than one visible GPU -> accelerate launch (DDP)",
-                                   choices=(AUTO,))
+    multi_gpu: bool | str = option(AUTO, "auto (or True): more than one visible GPU -> accelerate launch, DDP when a "
+                                   "replica fits one GPU, else FSDP-QLoRA sharded over the GPUs (the arithmetic is "
+                                   "printed); 'ddp' or 'fsdp' forces the mode; False: one process",
+                                   choices=(AUTO, *MULTI_GPU_MODES))
     num_processes: int | None = option(None, "GPUs for accelerate launch (None: all visible)", ge=1)
     dataset_dir: str | None = option(None, "None: data_dir/dataset")
     output_dir: str | None = option(None, "the adapter folder; None: data_dir/models/adapter")

@@ -35,8 +35,11 @@ def training_fields(cfg: FinetuneConfig) -> dict:
 def resolved_knobs(rt: Runtime) -> dict:
     """The knobs left to memory_mode/auto as this machine resolved them: optimizer state only resumes under the
     optimizer that made it."""
-    return {"optim": rt.optim, "gradient_checkpointing": rt.gradient_checkpointing,
-            "use_liger_kernel": rt.use_liger_kernel}
+    knobs = {"optim": rt.optim, "gradient_checkpointing": rt.gradient_checkpointing,
+             "use_liger_kernel": rt.use_liger_kernel}
+    if getattr(rt, "fsdp", False):  # sharded checkpoints resume only under FSDP (and DDP ones only without it)
+        knobs["fsdp"] = True
+    return knobs
 
 
 def data_hash(train_ds) -> str:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from ..kernels.attention import VARLEN
 from .config import (
+    AUTO,
     FAST_MIN_GPU_GIB,
     FAST_MIN_GPU_GIB_FUSED_DROPOUT,
+    FUSE_LORA_MIN_HIDDEN,
     KEEP_BASE_WEIGHT_MIN_GPU_GIB,
     MEMORY_MODES,
     FinetuneConfig,
@@ -38,20 +40,23 @@ class Runtime:
     gradient_checkpointing: bool = False
     use_liger_kernel: bool = False
     upcast_non_quantized: bool = False
-    fuse_lora: bool = False
+    fuse_lora: bool | str = False    # "auto" until the model is loaded (resolve_fuse_lora decides by its width)
+    fuse_reason: str = ""
     keep_base_weight: bool = False
     offload_checkpoints: bool = False
     memory_mode: str = "lean"
     memory_reason: str = ""          # why memory_mode, gradient_checkpointing and optim are what they are
     notes: list = field(default_factory=list)
+    fsdp: bool = False               # launched by accelerate with FSDP (nbutils/finetune/fsdp.py)
 
     def describe(self) -> str:
         lines = [f"device={self.device}, dtype={self.dtype}, attention={self.attn_implementation}, "
                  f"4-bit={self.load_in_4bit}, optim={self.optim}, packing={self.packing} "
                  f"(padding-free={self.padding_free}), liger={self.use_liger_kernel}, fused LoRA={self.fuse_lora}, "
-                 f"processes={self.world_size}"]
+                 f"processes={self.world_size}{' (FSDP)' if self.fsdp else ''}"]
         if self.memory_reason:
             lines.append(f"  memory: {self.memory_reason}")
+        lines.append(f"  fused LoRA: {self.fuse_reason or 'decided by the model width once it is loaded (auto)'}")
         if self.load_in_4bit:
             lines.append("  non-quantised weights (embeddings, norms, lm_head): " +
                          ("upcast to fp32 (upcast_non_quantized=True)" if self.upcast_non_quantized
@@ -170,6 +175,23 @@ def resolve_keep_base_weight(cfg: FinetuneConfig, device: str, load_in_4bit: boo
 
 
 # ------------------------------------------------------------------------------------------------ kernels
+def model_hidden_size(model) -> int | None:
+    """The width of a (PEFT-wrapped) causal LM: its config's hidden_size, or None when it has none."""
+    size = getattr(getattr(model, "config", None), "hidden_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def resolve_fuse_lora(fuse_lora: bool | str, hidden_size: int | None) -> tuple[bool, str]:
+    """fuse_lora for this model, and the words that say why: as set, or (auto) by the model's width."""
+    if fuse_lora != AUTO:
+        return bool(fuse_lora), f"fuse_lora={bool(fuse_lora)} (set)"
+    if hidden_size is None:
+        return True, "fuse_lora=True (auto: the model's hidden_size is unknown)"
+    on = hidden_size >= FUSE_LORA_MIN_HIDDEN
+    return on, (f"fuse_lora={on} (auto: hidden_size {hidden_size} {'>=' if on else '<'} {FUSE_LORA_MIN_HIDDEN}"
+                + ("" if on else ": PEFT's own LoRA layers, the fused path not measured faster this narrow") + ")")
+
+
 def resolve_liger(cfg: FinetuneConfig, device: str, notes: list) -> bool:
     """use_liger_kernel: as set (CUDA only), or on CUDA when liger_kernel imports."""
     if cfg.use_liger_kernel is None:
@@ -257,11 +279,14 @@ def resolve_runtime(cfg: FinetuneConfig, device: str | None = None) -> Runtime:
     if fp16:
         notes.append("this GPU has no bf16: fp16 mixed precision, LoRA weights kept in fp32")
     packing, padding_free = resolve_packing(cfg, attn, device, notes)
-    return Runtime(device=device, dtype=str(dtype).replace("torch.", ""), attn_implementation=attn,
-                   load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
-                   padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                   gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
-                   upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
-                   keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode,
-                   memory_reason=memory_reason,
-                   notes=notes)
+    rt = Runtime(device=device, dtype=str(dtype).replace("torch.", ""), attn_implementation=attn,
+                 load_in_4bit=load_in_4bit, optim=optim, bf16=bf16, fp16=fp16, packing=packing,
+                 padding_free=padding_free, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                 gradient_checkpointing=gradient_checkpointing, use_liger_kernel=use_liger,
+                 upcast_non_quantized=cfg.upcast_non_quantized and load_in_4bit, fuse_lora=cfg.fuse_lora,
+                 keep_base_weight=keep_base_weight, offload_checkpoints=offload, memory_mode=memory_mode,
+                 memory_reason=memory_reason,
+                 notes=notes)
+    from .fsdp import adapt_runtime, fsdp_active
+
+    return adapt_runtime(rt, cfg) if fsdp_active() else rt

@@ -13,7 +13,7 @@ from .config import FinetuneConfig
 from .data import check_trainable, choose_pad_token, describe_truncation, load_training_data, truncation_report
 from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
-from .runtime import Runtime, resolve_runtime
+from .runtime import Runtime, model_hidden_size, resolve_fuse_lora, resolve_runtime
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -23,7 +23,14 @@ def load_base_model(cfg: FinetuneConfig, rt: Runtime):
 
     from ..models import load_causal_lm
 
-    return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=getattr(torch, rt.dtype),
+    dtype = getattr(torch, rt.dtype)
+    if rt.fsdp:  # 4-bit stored in the compute dtype (FSDP shards floating tensors); 16-bit: on the CPU, and
+        # accelerate moves each rank's shards to its GPU (rank 0's weights broadcast: cpu_ram_efficient_loading)
+        return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=dtype,
+                              attn_implementation=rt.attn_implementation,
+                              device=rt.device if rt.load_in_4bit else "cpu",
+                              quant_storage=dtype if rt.load_in_4bit else None)
+    return load_causal_lm(cfg.base_model, cfg.data_dir, load_in_4bit=rt.load_in_4bit, dtype=dtype,
                           attn_implementation=rt.attn_implementation, device=rt.device)
 
 
@@ -96,7 +103,7 @@ def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool):
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFiniteLoss, not be averaged away
         include_num_input_tokens_seen="all" if rt.padding_free else "non_padding",
         report_to="none", disable_tqdm=False, dataloader_num_workers=0,
-        ddp_find_unused_parameters=False if rt.world_size > 1 else None,
+        ddp_find_unused_parameters=False if rt.world_size > 1 and not rt.fsdp else None,
         **eval_kwargs)
 
 
@@ -115,6 +122,7 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
     trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None),
                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                  peft_config=build_lora_config(cfg), callbacks=callbacks)
+    rt.fuse_lora, rt.fuse_reason = resolve_fuse_lora(rt.fuse_lora, model_hidden_size(trainer.model))
     if rt.fuse_lora:
         from ..kernels.fused_lora import fuse_lora_layers
 
@@ -301,6 +309,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     aside = start_run(cfg, plan, record, is_main, verbose)  # the model loaded: only now is anything moved
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if say:
+        print(f"fused LoRA: {rt.fuse_reason}")
         print(f"LoRA: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     if plan.checkpoint:
         trainer.args.eval_on_start = False  # the checkpoint's log already holds the eval before step 1
@@ -319,8 +328,13 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     }
     log["summary"] = summarise(log)
     out = Path(cfg.output_dir)
+    if rt.fsdp:  # a collective: every rank gathers the LoRA shards, rank 0 writes the adapter once
+        from .fsdp import save_adapter_sharded
+
+        save_adapter_sharded(trainer, tokenizer, out, trainer.is_world_process_zero())
     if trainer.is_world_process_zero():
-        save_adapter(trainer, tokenizer, out)
+        if not rt.fsdp:
+            save_adapter(trainer, tokenizer, out)
         if cfg.merge:
             log["merged_dir"] = str(merge_adapter(cfg, rt, out))
         log["total_s"] = round(time.time() - t_start, 1)

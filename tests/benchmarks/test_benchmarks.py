@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "generation_speed", "generate_speed",
-           "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws", "judge_grounding", "batch_resume"]
+MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "finetune_fsdp", "generation_speed",
+           "generate_speed", "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws",
+           "judge_grounding", "batch_resume", "finetune_workloads", "quality", "export_roundtrip",
+           "export_gpu"]
 
 
 def test_every_script_is_in_the_package_and_imports_alone():

@@ -12,7 +12,7 @@ import torch
 
 from nbutils.finetune import FinetuneConfig, resume, runtime
 from nbutils.finetune import train as tr
-from nbutils.finetune.config import FAST_MIN_GPU_GIB_FUSED_DROPOUT
+from nbutils.finetune.config import FAST_MIN_GPU_GIB_FUSED_DROPOUT, FUSE_LORA_MIN_HIDDEN
 from nbutils.io import PROJECT_ROOT
 from tests.support.finetune import ORIGINAL_RECIPE, full_cfg
 
@@ -253,3 +253,29 @@ def test_importing_the_stage_changes_no_environment():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert out.stdout.strip() == "None"
+
+
+# ------------------------------------------------------------------ fuse_lora="auto": by the model's width (issue 25)
+@pytest.mark.parametrize("profile", ["demo", "full"])
+def test_auto_is_the_default(profile):
+    assert FinetuneConfig.from_params(profile=profile).fuse_lora == "auto"
+
+
+def test_auto_decides_by_width():
+    on, why = runtime.resolve_fuse_lora("auto", 4096)
+    assert on and f"hidden_size 4096 >= {FUSE_LORA_MIN_HIDDEN}" in why
+    off, why = runtime.resolve_fuse_lora("auto", 576)
+    assert not off and f"hidden_size 576 < {FUSE_LORA_MIN_HIDDEN}" in why and "PEFT" in why
+    assert runtime.resolve_fuse_lora("auto", None)[0] is True          # unknown width: the fused path, as before
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_a_set_value_wins_over_the_width(value):
+    for width in (576, 4096):
+        got, why = runtime.resolve_fuse_lora(value, width)
+        assert got is value and why == f"fuse_lora={value} (set)"
+
+
+def test_the_runtime_says_auto_until_the_model_is_loaded(tmp_path):
+    rt = runtime.resolve_runtime(FinetuneConfig.from_params(profile="demo", data_dir=str(tmp_path)), device="cpu")
+    assert rt.fuse_lora == "auto" and "decided by the model width" in rt.describe()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nbutils.finetune import FinetuneConfig, runtime
+from nbutils.finetune import FinetuneConfig, data, runtime
 from nbutils.finetune import train as tr
+from nbutils.finetune.config import FUSE_LORA_MIN_HIDDEN
+from nbutils.kernels.fused_lora import fused_layer_count
+from nbutils.models import load_tokenizer
 from tests.support.finetune import full_cfg
 
 
@@ -67,3 +70,20 @@ def test_4bit_path_keeps_non_quantised_weights_in_bf16_unless_asked(tmp_path):
     upcast = dataclasses.replace(lean, upcast_non_quantized=True)
     model = tr.prepare_model_for_training(tiny_llama(), cfg, upcast)
     assert {p.dtype for p in model.parameters()} == {torch.float32} and model.is_gradient_checkpointing
+
+
+@pytest.mark.parametrize("threshold, fused", [(FUSE_LORA_MIN_HIDDEN, False), (64, True)])
+def test_build_trainer_fuses_by_the_loaded_models_width(data_dir, monkeypatch, threshold, fused):
+    """The embedded SmolLM2-135M (hidden 576) keeps PEFT's layers under the default threshold; a threshold under its
+    width gives every adapted projection the fused forward. The decision and its reason land in the runtime."""
+    monkeypatch.setattr(runtime, "FUSE_LORA_MIN_HIDDEN", threshold)
+    cfg = FinetuneConfig.from_params(profile="demo", data_dir=str(data_dir), lora_r=4, lora_alpha=8, max_length=64,
+                                     max_steps=1, lora_dropout=0.0)
+    rt = runtime.resolve_runtime(cfg, device="cpu")
+    tok = load_tokenizer(cfg.base_model, cfg.data_dir)
+    data.choose_pad_token(tok)
+    train, _, _ = data.load_training_data(cfg, tok, verbose=False)
+    trainer = tr.build_trainer(cfg, rt, tr.load_model_for_training(cfg, rt), tok, train, None)
+    n_layers = trainer.model.config.num_hidden_layers * len(cfg.lora_target_modules)
+    assert fused_layer_count(trainer.model) == (n_layers if fused else 0)
+    assert rt.fuse_lora is fused and f"hidden_size 576 {'>=' if fused else '<'} {threshold}" in rt.fuse_reason
