@@ -1,6 +1,7 @@
 """Run the notebook series 01 -> 05 with papermill: one run folder, a line per stage, stop at the first failure."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ def _run_stages(notebooks: list[Path], injected_by_stage: dict, profile: str, da
     run_dir = Path(run_dir) if run_dir else new_run_dir(data_dir, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(run_dir)
+    os.environ["NBUTILS_RUN_DIR"] = str(run_dir.resolve())  # the kernels inherit it: 04 names its tracker run so
     print(f"run folder: {run_dir}  (profile={profile}, data_dir={data_dir})")
 
     def save_summary() -> None:

@@ -22,7 +22,8 @@ PYPROJECT = PROJECT_ROOT / "pyproject.toml"
 LOCK = PROJECT_ROOT / "requirements.lock"
 COLAB_FREEZE = Path(__file__).parent / "fixtures" / "colab-gpu-pip-freeze.txt"
 NOT_LOCKED = {"gpu", "flash-attn"}      # CUDA-only extras: no wheel or no use on the CPU machines the lock is for
-SDIST_ONLY = ("rouge-score",)           # no wheel on PyPI: built here once, as pip builds it on Colab
+# no wheel on PyPI: built here once, as pip builds them on Colab (sqlitedict and word2number come with lm-eval)
+SDIST_ONLY = ("rouge-score", "sqlitedict", "word2number")
 
 
 def lock_pins() -> dict[str, str]:
@@ -124,10 +125,10 @@ def test_colab_gpu_install_changes_nothing_in_torch_cuda_jupyter_ipython(tmp_pat
     for name, version in colab.items():
         if "+" in version:
             write_installed_stand_in(wheels, name, version)
-    for spec in missing:
-        if hosted.normalize(Requirement(spec).name) in SDIST_ONLY:
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", spec, "-w", str(wheels)],
-                           env=pip_env(), check=True, timeout=300)
+    for name in SDIST_ONLY:   # as asked for (a range) where the project names it, else as a dependency pulls it
+        spec = next((m for m in missing if hosted.normalize(Requirement(m).name) == name), name)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", spec, "-w", str(wheels)],
+                       env=pip_env(), check=True, timeout=300)
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),

@@ -8,6 +8,8 @@
     metrics.py     ROUGE, BLEU, lengths -> bootstrap specs
     bootstrap.py   the paired bootstrap
     judge.py       optional pairwise LLM judge
+    harness.py     lm-evaluation-harness tasks on base and tuned (general ability), the stderr verdict
+    tracking.py    05's metrics into the tracker runs 04 recorded
     report.py      reports/: table, examples, report.md, plots, metrics.json
     result.py      EvaluateResult (summary, one row per metric)
     stage.py       run(cfg) -> EvaluateResult
@@ -25,6 +27,7 @@ from .answers import (
 from .bootstrap import MetricSpec, mean_spec, paired_bootstrap, ratio_spec
 from .config import EvaluateConfig
 from .data import load_eval_examples, recorded_template, resolve_template
+from .harness import harness_markdown, run_harness
 from .judge import judge_metrics, judge_pairwise, parse_verdict
 from .metrics import ROUGE_METRIC_DIR, bleu_stats, corpus_bleu_from_stats, rouge_scores
 from .model import AdapterBaseMismatch, check_adapter, check_adapter_base, load_model_with_adapter
@@ -39,4 +42,4 @@ __all__ = ["EvaluateConfig", "EvaluateResult", "run", "check_adapter", "check_ad
            "generate_batch", "length_sorted_batches", "left_pad", "cut_at_stop", "clean_answer", "reference_nll",
            "ROUGE_METRIC_DIR", "rouge_scores", "bleu_stats", "corpus_bleu_from_stats", "MetricSpec", "mean_spec",
            "ratio_spec", "paired_bootstrap", "judge_pairwise", "judge_metrics", "parse_verdict", "metrics_table",
-           "render_report", "examples_markdown", "show_examples"]
+           "render_report", "examples_markdown", "show_examples", "harness_markdown", "run_harness"]

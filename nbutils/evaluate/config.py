@@ -9,6 +9,9 @@ from nbutils.decoding.params import GenParams
 from nbutils.finetune.config import EVAL_BF16_MIN_GPU_GIB
 
 JUDGE_BACKENDS = ("", "groq", "openai", "local")
+# lm-eval's standard tasks (data from the Hugging Face hub): a quick general-ability set; two MMLU subjects near the
+# papers' field stand for MMLU (the whole group is 57 subjects)
+HARNESS_TASKS = ["arc_easy", "hellaswag", "mmlu_machine_learning", "mmlu_college_computer_science"]
 
 
 @dataclass
@@ -17,13 +20,13 @@ class EvaluateConfig(StageConfig):
 
     PROFILE_OVERRIDES: ClassVar[dict] = {
         "demo": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_examples": 12, "max_new_tokens": 40,
-                 "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024},
+                 "batch_size": 12, "n_bootstrap": 1000, "max_prompt_tokens": 1024, "harness_tasks": []},
         # the original's loop: one example per HF generate, sampled (temperature/top_p 0.5), 4-bit base
-        "original": {"do_sample": True, "batch_size": 1, "engine": "plain", "load_in_4bit": True},
+        "original": {"do_sample": True, "batch_size": 1, "engine": "plain", "load_in_4bit": True, "harness_tasks": []},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "adapter_dir": "adapter", "reports_dir": "reports",
                                    "cache_dir": "cache"}
-    INPUT_FIELDS: ClassVar[tuple] = ('adapter_dir', 'base_model')
+    INPUT_FIELDS: ClassVar[tuple] = ('adapter_dir', 'base_model', 'harness_include_path')
     OUTPUT_FIELDS: ClassVar[tuple] = ('dataset_dir', 'reports_dir', 'cache_dir')
 
     base_model: str = option("meta-llama/Meta-Llama-3-8B", "hub id or local folder (the one 04 trained on)")
@@ -58,6 +61,15 @@ class EvaluateConfig(StageConfig):
     judge_model: str | None = option(None, "None: the backend's default model")
     judge_base_url: str | None = option(None, "OpenAI-compatible server URL (judge_backend='openai')")
     judge_max_examples: int = option(0, "0: judge every evaluated example", ge=0)
+    harness_tasks: list = option(HARNESS_TASKS, "lm-evaluation-harness tasks run on base and tuned (did it forget?); "
+                                 "[]: off. Standard tasks need the hub; your own via harness_include_path")
+    harness_limit: int = option(200, "examples per harness task (0: all; lm-eval's stderr shrinks as 1/sqrt(n))", ge=0)
+    harness_num_fewshot: int | None = option(None, "None: each task's own default (0 for the default set)", ge=0)
+    harness_include_path: str | None = option(None, "folder of extra lm-eval task YAMLs (e.g. over local JSON: "
+                                              "offline tasks)")
+    harness_batch_size: int = option(0, "requests per forward in lm-eval; 0: same as batch_size", ge=0)
+    log_to_tracker: bool = option(True, "log 05's metrics to the tracker runs 04 recorded in train_log.json "
+                                  "(TensorBoard, MLflow, W&B)")
     # the notebook's last two sections (not read by run())
     try_prompt: str = option("", "notebook: your own prompt, answered by base and tuned side by side after the "
                              "evaluation; '' skips")

@@ -9,6 +9,7 @@ import numpy as np
 
 from nbutils.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 
+from .harness import harness_markdown
 from .metrics import METRIC_LABELS, ROUGE_TYPES
 
 
@@ -82,6 +83,7 @@ def render_report(result: dict, per_example: list[dict], n_show: int = 3) -> str
         *([f"*Only {result['n_examples']} examples: percentile bootstrap intervals are too narrow for samples this "
            "small; read them as indicative. Evaluate more examples (max_examples=0: the whole split) before drawing "
            "conclusions.*"] if result["n_examples"] < 30 else []),
+        *([harness_markdown(result["harness"])] if result.get("harness") else []),
         "![base vs tuned](metrics_ci.png)\n\n![per-example differences](deltas_hist.png)",
         examples_markdown(per_example, n_show),
     ]

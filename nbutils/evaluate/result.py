@@ -49,7 +49,8 @@ class EvaluateResult(StageResult):
         better = ", ".join(verdicts["yes"]) or "none"
         worse = f"; worse on: {', '.join(verdicts['no'])}" if verdicts["no"] else ""
         seconds = self.runtime.get("seconds_total")
+        harness = f" {r['harness']['verdict']}" if r.get("harness") else ""
         return (f"05 evaluate: {r['n_examples']} {r['split']} examples, template {r['template']!r}, "
                 f"{'sampled' if r['generation']['do_sample'] else 'greedy'} decoding. " + "; ".join(parts)
                 + f". Tuned better ({level}% CI excludes 0) on: {better}{worse}. Reports in {self.reports_dir}"
-                + (f" ({seconds} s)." if seconds is not None else "."))
+                + (f" ({seconds} s)." if seconds is not None else ".") + harness)

@@ -23,7 +23,8 @@ from nbutils.templates import build_prompt
 from .answers import GenParams, PredictionCache, encode_prompts, generate_answers
 from .bootstrap import paired_bootstrap
 from .config import EvaluateConfig
-from .data import load_eval_examples, resolve_template
+from .data import load_eval_examples, read_train_log, resolve_template
+from .harness import prepare_harness, run_harness
 from .judge import judge_metrics, judge_pairwise
 from .metrics import METRIC_LABELS, ROUGE_TYPES, bleu_stats, build_specs, rouge_scores, sentence_bleu, word_count
 from .model import check_adapter, load_model_with_adapter, model_fingerprint
@@ -125,6 +126,7 @@ def run(cfg: EvaluateConfig, model=None, tok=None, verbose: bool = True) -> Eval
     t0 = time.time()
     if model is None:
         check_adapter(cfg.adapter_dir)
+    task_manager = prepare_harness(cfg)  # lm-eval there and the tasks known, before any paid work
     rows = load_eval_examples(cfg, verbose)
     template = resolve_template(cfg)
     if model is None or tok is None:
@@ -142,9 +144,20 @@ def run(cfg: EvaluateConfig, model=None, tok=None, verbose: bool = True) -> Eval
     t_gen = time.time() - t1
     result, per_example = score(cfg, rows, prompts, refs, answers, nll, template, judge(cfg, rows, refs, answers))
     result["generation"]["engine"] = engine
+    harness = run_harness(cfg, model, tok, template, sha256_text(json.dumps(fp, sort_keys=True), template,
+                                                                  f"4bit={four_bit}")[:20], task_manager, verbose)
+    if harness:
+        result["harness"] = harness
     result["runtime"] = {"device": pick_device(), "base_4bit": four_bit, "seconds_total": round(time.time() - t0, 1),
                          "seconds_generate_and_nll": round(t_gen, 1),
+                         "seconds_harness": harness["seconds"] if harness else 0.0,
                          "generated_tokens": int(sum(a["n_new_tokens"] for v in answers.values() for a in v)),
                          "prompts_truncated": n_cut, "fingerprint": fp}
+    if cfg.log_to_tracker:
+        from .tracking import log_to_trackers
+
+        train_log = read_train_log(cfg.adapter_dir)
+        result["tracking"] = log_to_trackers(train_log.get("tracking"), result, int(train_log.get("global_step") or 0),
+                                             verbose)
     write_reports(cfg.reports_dir, result, per_example, cfg.n_show)
     return EvaluateResult(report=result, reports_dir=str(cfg.reports_dir))

@@ -19,9 +19,10 @@ memory mode chosen from the GPU's memory (config.py holds the thresholds). Its d
   automatic resume (same step, same data order), checkpoints of another configuration moved aside, never deleted;
   a non-finite loss stops the run with a clear error; an out-of-memory error names the knobs to turn.
 
-Modules: config (knobs, thresholds), runtime (what this machine does), data, callbacks, resume, train (one
-process), result (log, plot, FinetuneResult), stage (run: here or under accelerate), fsdp (DDP or FSDP-QLoRA over
-one host's GPUs: the memory arithmetic, the launch flags, the sharded adapter save), trainer (SyncFreeSFTTrainer),
+Modules: config (knobs, thresholds), runtime (what this machine does), data, callbacks, resume, tracking
+(report_to: TensorBoard / W&B / MLflow, run ids for 05), train (one process), result (log, plot, FinetuneResult),
+stage (run: here or under accelerate), fsdp (DDP or FSDP-QLoRA over one host's GPUs: the memory arithmetic, the
+launch flags, the sharded adapter save), trainer (SyncFreeSFTTrainer),
 __main__ (`python -m nbutils.finetune`, also under `accelerate launch -m nbutils.finetune`).
 Outputs under data_dir/models/: adapter/ (PEFT adapter + tokenizer + train_log.json + loss.png), checkpoints/,
 optionally merged/.
@@ -31,8 +32,9 @@ from .data import choose_pad_token, describe_truncation
 from .result import FinetuneResult
 from .runtime import Runtime, resolve_runtime
 from .stage import cli_args, run, wants_distributed
+from .tracking import tensorboard_logdir
 from .train import build_trainer, load_base_model, prepare_model_for_training
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Runtime", "build_trainer", "choose_pad_token", "cli_args",
            "describe_truncation", "load_base_model", "prepare_model_for_training", "resolve_runtime", "run",
-           "wants_distributed"]
+           "tensorboard_logdir", "wants_distributed"]

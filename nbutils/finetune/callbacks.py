@@ -1,12 +1,20 @@
-"""Trainer callbacks of stage 04: stop at the first non-finite loss, and add tokens/s and peak memory to the log
-that checkpoints carry (so a resumed run keeps its whole log)."""
+"""Trainer callbacks of stage 04: stop at the first non-finite loss, add tokens/s and peak memory to the log that
+checkpoints carry (so a resumed run keeps its whole log), and log the config/runtime to the experiment trackers
+and record their run ids (TrackerRecorder; tracking.py plans the trackers)."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import resource
 import time
+from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
+
+from ..io import write_json
+from .tracking import TRACKING_FILE, flat_params
 
 LOG_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s",
             "num_input_tokens_seen", "peak_gpu_mem_gib", "peak_rss_gib")
@@ -68,3 +76,76 @@ class TrainLogRecorder(TrainerCallback):
 def log_entries(log_history: list[dict]) -> list[dict]:
     """The per-log-step entries (train loss or eval loss) of a Trainer's log_history, with the fields we keep."""
     return [{k: e[k] for k in LOG_KEYS if k in e} for e in log_history if "loss" in e or "eval_loss" in e]
+
+
+class TrackerRecorder(TrainerCallback):
+    """After the integrations set up their runs (they come first in the callback list): logs the resolved config
+    and runtime as hyperparameters and records each run's id (`self.record`, also written to
+    checkpoint_dir/tracking.json so a resumed run continues the same tracker runs)."""
+
+    def __init__(self, tracking, config: dict, runtime: dict, checkpoint_dir: str | Path):
+        self.tracking, self.config, self.runtime = tracking, config, runtime
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.record: dict[str, Any] = {"run_name": tracking.run_name, "report_to": list(tracking.report_to)}
+        self.integrations: list = []
+
+    def bind(self, callbacks: list) -> None:
+        """The trainer's callbacks: the integration objects are found among them (and pointed at our folders)."""
+        self.integrations = list(callbacks)
+        for cb in self.integrations:
+            if type(cb).__name__ == "TensorBoardCallback":
+                cb.logging_dir = str(self.tracking.tensorboard_dir)
+
+    def _find(self, name: str):
+        return next((cb for cb in self.integrations if type(cb).__name__ == name), None)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        import dataclasses
+
+        runtime = dataclasses.asdict(self.runtime) if dataclasses.is_dataclass(self.runtime) else self.runtime
+        hparams = {"config": self.config, "runtime": runtime}   # the runtime as resolved once the trainer was built
+        if "tensorboard" in self.tracking.report_to:
+            self._tensorboard(hparams)
+        if "wandb" in self.tracking.report_to:
+            self._wandb(hparams)
+        if "mlflow" in self.tracking.report_to:
+            self._mlflow(hparams)
+        write_json(self.checkpoint_dir / TRACKING_FILE, self.record)
+
+    def _tensorboard(self, hparams: dict) -> None:
+        cb = self._find("TensorBoardCallback")
+        writer = getattr(cb, "tb_writer", None)
+        if writer is None:
+            return
+        for key, values in hparams.items():
+            writer.add_text(f"nbutils/{key}", "```json\n" + json.dumps(values, indent=1, default=str) + "\n```")
+        writer.flush()
+        self.record["tensorboard"] = {"log_dir": str(Path(writer.log_dir).resolve())}
+
+    def _wandb(self, hparams: dict) -> None:
+        import wandb
+
+        if wandb.run is None:
+            return
+        wandb.config.update({f"nbutils_{k}": v for k, v in hparams.items()}, allow_val_change=True)
+        run = wandb.run
+        self.record["wandb"] = {"run_id": run.id, "project": run.project, "entity": run.entity,
+                                "dir": str(Path(run.dir).resolve().parent.parent),
+                                "mode": os.environ.get("WANDB_MODE", "online"), "url": getattr(run, "url", None)}
+
+    def _mlflow(self, hparams: dict) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        if not self.tracking.resumed.get("mlflow"):   # params are write-once in MLflow: a resumed run has them
+            params = {**flat_params("nbutils.config", hparams["config"]),
+                      **flat_params("nbutils.runtime", hparams["runtime"])}
+            items = list(params.items())
+            for i in range(0, len(items), 100):      # at most 100 per call
+                mlflow.log_params(dict(items[i:i + 100]))
+        self.record["mlflow"] = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                                 "tracking_uri": mlflow.get_tracking_uri()}

@@ -55,7 +55,7 @@ class FinetuneConfig(StageConfig):
                  "lora_alpha": 32, "lora_dropout": 0.05, "max_length": 384, "per_device_train_batch_size": 2,
                  "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "learning_rate": 1e-3,
                  "max_steps": 16, "eval_steps": 8, "save_steps": 8, "logging_steps": 2, "max_eval_samples": 8,
-                 "packing": False},
+                 "packing": False, "report_to": ["none"]},
         # The original project's recipe exactly (the baseline of benchmarks/RESULTS.md): the same knob values as
         # full, without the speed-ups: checkpointing + paged 8-bit AdamW, SDPA, no packing, PEFT's own LoRA
         # forward, no Liger, peft's fp32 copy of the non-quantised weights, no checkpoint offload.
@@ -64,9 +64,9 @@ class FinetuneConfig(StageConfig):
                      "offload_checkpoints": False},
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "output_dir": "adapter",
-                                   "checkpoint_dir": "checkpoints", "merged_dir": "merged"}
+                                   "checkpoint_dir": "checkpoints", "merged_dir": "merged", "tracking_dir": "runs"}
     INPUT_FIELDS: ClassVar[tuple] = ('base_model',)
-    OUTPUT_FIELDS: ClassVar[tuple] = ('dataset_dir', 'output_dir', 'checkpoint_dir', 'merged_dir')
+    OUTPUT_FIELDS: ClassVar[tuple] = ('dataset_dir', 'output_dir', 'checkpoint_dir', 'merged_dir', 'tracking_dir')
 
     base_model: str = option("meta-llama/Meta-Llama-3-8B", "hub id (HF_TOKEN from the environment) or local folder")
     load_in_4bit: bool = option(True, "QLoRA: nf4 double-quant base (CUDA only; CPU trains plain LoRA)")
@@ -129,6 +129,14 @@ class FinetuneConfig(StageConfig):
     resume: bool | str = option(AUTO, "auto: continue a checkpoint of the same run; True: must; False: start "
                                 "fresh. Checkpoints not resumed are moved aside, never deleted", choices=(AUTO,))
     merge: bool = option(False, "also write the merged full model to merged_dir")
+    # experiment tracking (transformers' integrations; nbutils.finetune.tracking)
+    report_to: list = option(["tensorboard"], "experiment trackers: none, tensorboard, wandb, mlflow (several: a list "
+                             "or 'tensorboard,mlflow'); keys from the environment only; one not installed is left "
+                             "out with a note")
+    run_name: str | None = option(None, "None: the runner's run folder name (data_dir/runs/<time>-<profile>), else "
+                                  "<UTC time>-<profile>; a resumed run keeps its own")
+    tracking_dir: str | None = option(None, "None: data_dir/runs (TensorBoard logs in <run name>/tensorboard/, W&B "
+                                      "files, the MLflow file store mlruns/ when MLFLOW_TRACKING_URI is unset)")
     attn_implementation: str | None = option(None, "None: flash_attention_2 when usable, else on CUDA sdpa_varlen "
                                              "(PyTorch's flash varlen kernel) when packing, else sdpa")
     multi_gpu: bool | str = option(AUTO, "auto (or True): more than one visible GPU -> accelerate launch, DDP when a "

@@ -25,7 +25,7 @@ RUN_CONFIG_FILE = "run_config.json"
 OPERATIONAL_FIELDS = {"profile", "data_dir", "dataset_dir", "output_dir", "checkpoint_dir", "merged_dir", "resume",
                       "merge", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "max_steps",
                       "num_train_epochs", "multi_gpu", "num_processes", "per_device_eval_batch_size",
-                      "memory_mode", "fuse_lora", "keep_base_weight"}
+                      "memory_mode", "fuse_lora", "keep_base_weight", "report_to", "run_name", "tracking_dir"}
 
 
 def training_fields(cfg: FinetuneConfig) -> dict:

@@ -3,6 +3,7 @@ process per GPU; a notebook is one process, so it launches and waits): DDP, or F
 fit one GPU (fsdp.py holds the arithmetic and the recipe)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -104,6 +105,10 @@ def launch_distributed(cfg: FinetuneConfig) -> FinetuneResult:
     from .fsdp import FSDP, decoder_layer_classes, read_model_config
 
     load_split(cfg.data_dir, dataset_dir=cfg.dataset_dir, seed=cfg.seed)  # made once here, not by every rank
+    if cfg.run_name is None:  # one name for every rank (each would take its own time stamp)
+        from .tracking import plan_tracking
+
+        cfg = dataclasses.replace(cfg, run_name=plan_tracking(cfg, resuming=cfg.resume is not False).run_name)
     plan, _ = plan_launch(cfg)
     print(plan.describe())
     if plan.chosen is None and plan.mode == FSDP and cfg.multi_gpu != FSDP:

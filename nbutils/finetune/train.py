@@ -14,6 +14,7 @@ from .data import check_trainable, choose_pad_token, describe_truncation, load_t
 from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, model_hidden_size, resolve_fuse_lora, resolve_runtime
+from .tracking import Tracking, finish_trackers, plan_tracking, tracker_environment
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -80,7 +81,9 @@ def build_lora_config(cfg: FinetuneConfig):
                       target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool):
+def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool, tracking: Tracking | None = None):
+    """TRL's SFTConfig from the config and the resolved runtime; `tracking` names the trackers (report_to) and the
+    run, else nothing is reported."""
     from trl import SFTConfig
 
     eval_kwargs = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "eval_on_start": True} if has_eval \
@@ -102,16 +105,20 @@ def build_sft_config(cfg: FinetuneConfig, rt: Runtime, has_eval: bool):
         logging_strategy="steps", logging_steps=cfg.logging_steps, logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFiniteLoss, not be averaged away
         include_num_input_tokens_seen="all" if rt.padding_free else "non_padding",
-        report_to="none", disable_tqdm=False, dataloader_num_workers=0,
+        report_to=list(tracking.report_to) if tracking and tracking.report_to else "none",
+        run_name=tracking.run_name if tracking else None, disable_tqdm=False, dataloader_num_workers=0,
         ddp_find_unused_parameters=False if rt.world_size > 1 and not rt.fsdp else None,
         **eval_kwargs)
 
 
-def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, eval_ds, callbacks=()):
-    """The sync-free SFTTrainer with LoRA attached (fused where asked) and the non-finite-loss stop."""
+def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, eval_ds, callbacks=(),
+                  tracking: Tracking | None = None):
+    """The sync-free SFTTrainer with LoRA attached (fused where asked) and the non-finite-loss stop; with
+    `tracking`, transformers' integrations for its trackers and a TrackerRecorder (found in the callbacks) that
+    logs the config and runtime and records the runs' ids."""
     import torch
 
-    from .callbacks import StopOnNonFiniteLoss
+    from .callbacks import StopOnNonFiniteLoss, TrackerRecorder
     from .trainer import SyncFreeSFTTrainer
 
     callbacks = [StopOnNonFiniteLoss(), *callbacks]
@@ -119,10 +126,15 @@ def build_trainer(cfg: FinetuneConfig, rt: Runtime, model, tokenizer, train_ds, 
         from ..kernels.offload_checkpoint import offloaded_checkpointing_callback
 
         callbacks.append(offloaded_checkpointing_callback())
-    trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None),
+    if tracking is not None and tracking.report_to:
+        callbacks.append(TrackerRecorder(tracking, cfg.to_dict(), rt, cfg.checkpoint_dir))  # rt as trained
+    trainer = SyncFreeSFTTrainer(model=model, args=build_sft_config(cfg, rt, eval_ds is not None, tracking),
                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                                  peft_config=build_lora_config(cfg), callbacks=callbacks)
     rt.fuse_lora, rt.fuse_reason = resolve_fuse_lora(rt.fuse_lora, model_hidden_size(trainer.model))
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TrackerRecorder):
+            cb.bind(trainer.callback_handler.callbacks)
     if rt.fuse_lora:
         from ..kernels.fused_lora import fuse_lora_layers
 
@@ -301,10 +313,14 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
             print("the test split is empty: no eval loss during training")
     record = run_record(cfg, train_ds, rt)
     plan = plan_resume(cfg, record)
+    tracking = plan_tracking(cfg, resuming=plan.checkpoint is not None)
+    if say:
+        print(tracking.describe())
     t_load = time.time()
     model = load_model_for_training(cfg, rt)
-    trainer = build_trainer(cfg, rt, model, tokenizer, train_ds, eval_ds,
-                            callbacks=[TrainLogRecorder(), *extra_callbacks])
+    with tracker_environment(tracking):
+        trainer = build_trainer(cfg, rt, model, tokenizer, train_ds, eval_ds,
+                                callbacks=[TrainLogRecorder(), *extra_callbacks], tracking=tracking)
     load_s = time.time() - t_load
     aside = start_run(cfg, plan, record, is_main, verbose)  # the model loaded: only now is anything moved
     trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -314,8 +330,15 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     if plan.checkpoint:
         trainer.args.eval_on_start = False  # the checkpoint's log already holds the eval before step 1
     t_train = time.time()
-    result = run_training(trainer, cfg, rt, plan.checkpoint)
+    with tracker_environment(tracking):
+        try:
+            result = run_training(trainer, cfg, rt, plan.checkpoint)
+        finally:
+            finish_trackers(tracking)
     train_s = time.time() - t_train
+    from .callbacks import TrackerRecorder
+
+    recorder = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrackerRecorder)), None)
     log = {
         "base_model": cfg.base_model, "base_model_path": resolve_model_path(cfg.base_model, cfg.data_dir),
         "config": cfg.to_dict(), "runtime": {**dataclasses.asdict(rt), **runtime_versions()},
@@ -325,6 +348,8 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss, "train_runtime_s": round(train_s, 1), "load_s": round(load_s, 1),
         "tokens_seen": trainer.state.num_input_tokens_seen, "log": log_entries(trainer.state.log_history),
+        "tracking": {**(recorder.record if recorder else {"run_name": tracking.run_name, "report_to": []}),
+                     "notes": tracking.notes},
     }
     log["summary"] = summarise(log)
     out = Path(cfg.output_dir)

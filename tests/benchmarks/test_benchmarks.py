@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODULES = ["common", "finetune_speed", "finetune_check", "finetune_kernels", "finetune_fsdp", "generation_speed",
            "generate_speed", "generate_local", "parse_speed", "make_corpus", "unsloth_case", "cheap_draws",
            "judge_grounding", "batch_resume", "finetune_workloads", "quality", "export_roundtrip",
-           "export_gpu"]
+           "export_gpu", "harness_cost", "tracking_overhead"]
 
 
 def test_every_script_is_in_the_package_and_imports_alone():
@@ -138,3 +138,27 @@ def test_batch_resume_kills_and_reruns_without_duplicates_or_losses():
         assert rows[kind]["duplicates"] == rows[kind]["lost_pages"] == rows[kind]["lost_judge"] == 0
         assert rows[kind]["resumed"] == 1
     assert rows["no-state"]["duplicates"] == 6
+
+
+def test_tracking_overhead_times_each_integrations_log_call(tmp_path):
+    """Issue 23's tracking benchmark at its smallest: every installed tracker's on_log timed after its set-up, and
+    its share of a step reported."""
+    from benchmarks import tracking_overhead
+
+    res = tracking_overhead.main(["--cases", "", "--on-log-calls", "5", "--out", str(tmp_path / "t.json")])
+    assert res["on_log_ms"] and all(v > 0 for v in res["on_log_ms"].values())
+    assert set(res["on_log_share_pct"]) == set(res["on_log_ms"]) and (tmp_path / "t.json").exists()
+
+
+@pytest.mark.slow
+def test_harness_cost_on_cpu_at_tiny_size(tmp_path, embedded_model_path):
+    """Issue 23's harness benchmark on a tiny random model: 05 alone, then the lm-eval check on the same model, and
+    the share it adds."""
+    pytest.importorskip("lm_eval")
+    from benchmarks import harness_cost
+
+    res = harness_cost.main(["--tokenizer", str(embedded_model_path), "--examples", "2", "--max-new-tokens", "4",
+                             "--task-scale", "0.02", "--out", str(tmp_path / "h.json")])
+    assert res["at_cap"]["seconds_05_without_harness"] > 0 and res["seconds_harness"] > 0
+    assert set(res["harness_tasks"]) == {"arc_like", "hellaswag_like", "mmlu_ml_like", "mmlu_ccs_like"}
+    assert res["at_cap"]["added_pct"] > 0 and (tmp_path / "h.json").exists()
