@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     from .config import parse_literal
+    from .lock import DataDirBusy
     from .runner import StageFailed, run_pipeline
 
     params = {k: parse_literal(v) for k, v in args.parameter}  # papermill-like; typed per stage by the runner
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                      run_dir=args.run_dir, log_output=args.log_output)
     except StageFailed:
         return 1
-    except ValueError as e:
+    except (ValueError, DataDirBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -30,9 +30,10 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Union
 
-from .io import DataPaths, resolve_data_dir
+from .io import DataPaths, contains, resolve_data_dir
 
 PROFILES = ("demo", "full", "original")
 _NONE_WORDS = ("none", "null")
@@ -46,12 +47,16 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
-    """A config field: its `full`-profile default, the help text shown by --help and the README, and
-    (for string values) the allowed choices."""
-    meta = {"help": help}
+def option(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field: its `full`-profile default, the help text shown by --help and the stage's docs page, (for string
+    values) the allowed choices, and (for numbers) the allowed range: `ge`/`gt` (>=, >) and `le`/`lt`."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if bounds:
+        meta["range"] = bounds
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -179,6 +184,25 @@ def coerce(name: str, value: Any, hint: Any, choices: tuple | None = None) -> An
     return out
 
 
+_RANGE_WORDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+                "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def range_error(name: str, value: Any, bounds: dict[str, float]) -> str | None:
+    """'window_chars=-1: must be >= 0' when a number is outside its field's declared range (None passes)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value:  # NaN
+        return f"{name}={value}: not a number"
+    failed = [f"{word} {bound:g}" for key, bound in bounds.items()
+              for word, ok in [_RANGE_WORDS[key]] if not ok(value, bound)]
+    return f"{name}={value!r}: must be {' and '.join(failed)}" if failed else None
+
+
+def describe_range(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{_RANGE_WORDS[k][0]} {v:g}" for k, v in bounds.items())
+
+
 # ------------------------------------------------------------------------------------------------ base
 @dataclass
 class StageConfig:
@@ -186,6 +210,9 @@ class StageConfig:
 
     PROFILE_OVERRIDES: ClassVar[dict[str, dict[str, Any]]] = {}
     PATH_FIELDS: ClassVar[dict[str, str]] = {}
+    # what the stage reads and what it (re)writes: checked against each other and data_dir (check_paths)
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     profile: str = option("full", "demo: offline, CPU, embedded model; full: arXiv, Groq, Llama-3-8B, GPU; "
                           "original: full with the original project's method (the baseline)",
@@ -202,6 +229,53 @@ class StageConfig:
         for name, attr in self.PATH_FIELDS.items():
             if getattr(self, name) is None:
                 setattr(self, name, str(getattr(paths, attr)))
+        problems = self.range_problems() + self.path_problems()
+        if problems:
+            raise ConfigValueError("; ".join(problems))
+
+    def range_problems(self) -> list[str]:
+        """Every number outside its field's declared range (option(..., ge=/gt=/le=/lt=))."""
+        out = []
+        for f in fields(self):
+            bounds = f.metadata.get("range")
+            why = range_error(f.name, getattr(self, f.name), bounds) if bounds else None
+            if why:
+                out.append(why)
+        return out
+
+    def path_values(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(field, path) of the named fields that are set; a field naming a hub id (not a path) is left out."""
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if not value:
+                continue
+            if name not in self.PATH_FIELDS and not Path(value).expanduser().exists():
+                continue   # e.g. base_model given as a hub id
+            out.append((name, value))
+        return out
+
+    def path_problems(self) -> list[str]:
+        """An output equal to, or containing, data_dir; an output equal to, inside or containing an input or
+        another output: each would overwrite (or delete) what the stage did not make."""
+        outs, ins = self.path_values(self.OUTPUT_FIELDS), self.path_values(self.INPUT_FIELDS)
+        problems = []
+        for i, (name, value) in enumerate(outs):
+            if contains(value, self.data_dir):
+                where = "is" if Path(value).resolve() == Path(self.data_dir).resolve() else "contains"
+                problems.append(f"{name}={value} {where} data_dir {self.data_dir}: writing it would replace "
+                                "everything there")
+                continue
+            for other, theirs in ins + outs[i + 1:]:
+                if other == name:
+                    continue
+                if contains(value, theirs) or contains(theirs, value):
+                    role = "input" if (other, theirs) in ins else "output"
+                    rel = "is" if Path(value).resolve() == Path(theirs).resolve() else \
+                        "contains" if contains(value, theirs) else "is inside"
+                    problems.append(f"{name}={value} {rel} the {role} {other}={theirs}: it would be overwritten; "
+                                    "give each its own path")
+        return problems
 
     @property
     def paths(self) -> DataPaths:
@@ -250,7 +324,7 @@ class StageConfig:
 
     @classmethod
     def defaults(cls, profile: str) -> dict[str, Any]:
-        """Every parameter's effective default under `profile` (what the README table shows)."""
+        """Every parameter's effective default under `profile` (what the docs/stages table shows)."""
         check_profile(profile)
         out = {}
         for f in fields(cls):
@@ -266,9 +340,12 @@ class StageConfig:
         return dataclasses.asdict(self)
 
     def show(self) -> None:
-        """Print the resolved configuration, one `name = value` a line (for the notebook)."""
+        """Print the resolved configuration, one `name = value` a line (for the notebook); credentials in a
+        value (a URL's user:password@, a key) are masked."""
+        from .redact import redact
+
         for k, v in self.to_dict().items():
-            print(f"{k:>24} = {v!r}")
+            print(f"{k:>24} = {redact(repr(v))}")
 
 
 # ------------------------------------------------------------------------------------------------ docs
@@ -278,14 +355,16 @@ def _cell(value: Any) -> str:
 
 
 def parameter_table(cls: type[StageConfig], skip: tuple[str, ...] = ("profile", "data_dir")) -> str:
-    """The Markdown table of a stage's parameters: name, full default, demo default, help (README)."""
+    """The Markdown table of a stage's parameters: name, full default, demo default, help (docs/stages/*.md)."""
     full, demo = cls.defaults("full"), cls.defaults("demo")
     rows = ["| parameter | `full` | `demo` | what |", "|---|---|---|---|"]
     for f in fields(cls):
         if f.name in skip:
             continue
         d = _cell(demo[f.name]) if demo[f.name] != full[f.name] else "same"
-        rows.append(f"| `{f.name}` | {_cell(full[f.name])} | {d} | {f.metadata.get('help', '')} |")
+        bounds = f.metadata.get("range")
+        what = f.metadata.get("help", "") + (f" ({describe_range(bounds)})" if bounds else "")
+        rows.append(f"| `{f.name}` | {_cell(full[f.name])} | {d} | {what} |")
     return "\n".join(rows)
 
 
@@ -322,7 +401,14 @@ def stage_main(cls: type[StageConfig], run, argv: list[str] | None = None, prog:
     if print_only:
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0
-    result = run(cfg)
+    from .io import NotOurs
+    from .lock import DataDirBusy
+
+    try:
+        result = run(cfg)
+    except (DataDirBusy, NotOurs) as e:   # another run holds the data_dir; an output is not ours to replace
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = getattr(result, "summary", None)
     if callable(summary):
         print(summary())

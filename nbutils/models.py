@@ -2,10 +2,12 @@
 and the device / dtype / attention choices printed for the user."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,33 @@ def resolve_model_path(name_or_path: str, data_dir: str | os.PathLike = "data") 
     return name_or_path
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def weights_id(name_or_path: str, data_dir: str | os.PathLike = "data") -> str:
+    """What names a model's weights without reading them: for a local folder, each weight file's name, size and
+    mtime (replacing the weights under the same config.json changes it); for a hub id, the cached revision."""
+    import hashlib
+
+    path = Path(resolve_model_path(name_or_path, data_dir))
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name.endswith(".index.json")):
+                st = f.stat()
+                h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        ref = Path(HF_HUB_CACHE) / f"models--{name_or_path.replace('/', '--')}" / "refs" / "main"
+        revision = ref.read_text().strip() if ref.is_file() else ""
+    except ImportError:
+        revision = ""
+    h.update(f"{name_or_path}\0{revision}".encode())
+    return h.hexdigest()[:16]
+
+
 def hub_token() -> str | None:
     """HF token from the environment only (HF_TOKEN or HUGGING_FACE_HUB_TOKEN)."""
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
@@ -193,10 +222,51 @@ def describe_runtime(device: str | None = None) -> str:
             f"attention={pick_attn_implementation(device)}, torch={torch.__version__}")
 
 
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that does not load: names the folder (or hub id) and why."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_folder(path: str | os.PathLike, what: str) -> None:
+    """Before from_pretrained: a local folder missing its tokenizer, or holding a .safetensors cut short, is
+    named with the reason (the library's own message names neither)."""
+    p = Path(path)
+    if not p.is_dir():
+        return
+    if what == "tokenizer" and not any((p / f).exists() for f in TOKENIZER_FILES) and not any(p.glob("*.gguf")):
+        raise ModelLoadError(f"{p} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the base "
+                             "model's tokenizer files there, or point the parameter at the full model folder")
+    if what == "model":
+        from .io import safetensors_problem
+
+        for f in sorted(p.glob("*.safetensors")):
+            why = safetensors_problem(f)
+            if why:
+                raise ModelLoadError(f"the model in {p} does not load: {why} (copy or download it again)")
+
+
+@contextlib.contextmanager
+def naming_source(path: str, what: str) -> Iterator[None]:
+    """Any error while loading becomes a ModelLoadError naming `path` (out-of-memory errors pass as they are)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        if type(e).__name__ in ("OutOfMemoryError",):
+            raise
+        raise ModelLoadError(f"cannot load the {what} from {path}: {type(e).__name__}: {e}") from e
+
+
 def load_tokenizer(name_or_path: str, data_dir: str | os.PathLike = "data", **kwargs):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, data_dir), token=hub_token(), **kwargs)
+    path = resolve_model_path(name_or_path, data_dir)
+    check_model_folder(path, "tokenizer")
+    with naming_source(path, "tokenizer"):
+        return AutoTokenizer.from_pretrained(path, token=hub_token(), **kwargs)
 
 
 def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, load_in_4bit: bool = False,
@@ -228,5 +298,8 @@ def load_causal_lm(name_or_path: str, data_dir: str | os.PathLike = "data", *, l
     elif device == "cuda":
         extra["device_map"] = {"": torch.cuda.current_device()}
     extra.update(kwargs)
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path, data_dir), dtype=dtype,
-                                                attn_implementation=attn, token=hub_token(), **extra)
+    path = resolve_model_path(name_or_path, data_dir)
+    check_model_folder(path, "model")
+    with naming_source(path, "model"):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, token=hub_token(),
+                                                    **extra)

@@ -36,3 +36,35 @@ def redact(text: str) -> str:
     text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1{MASK}", text)
     return _KEY_SHAPED.sub(MASK, text)
+
+
+def redact_values(obj):
+    """redact() applied to every string inside a JSON-like value (parameters written to run.json)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_values(v) for v in obj]
+    return obj
+
+
+
+def redact_notebook(path) -> bool:
+    """Mask credentials everywhere in an executed notebook (the injected parameters cell, printed output);
+    True when something changed. The runner calls it on every notebook it wrote."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    text = p.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    clean = redact_values(nb)
+    if clean == nb:
+        return False
+    from .io import write_json
+
+    write_json(p, clean, indent=1)
+    return True

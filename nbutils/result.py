@@ -1,6 +1,7 @@
 """The face every stage shows: `run(cfg)` returns a result that can show itself."""
 from __future__ import annotations
 
+import html
 from typing import Any
 
 
@@ -20,7 +21,8 @@ class StageResult:
         return pd.DataFrame(self.rows())
 
     def _repr_markdown_(self) -> str:
-        return self.summary()
+        """The summary as notebook Markdown, HTML-escaped: it may quote a server's error or a paper's title."""
+        return html.escape(self.summary(), quote=False)
 
     def __str__(self) -> str:
         return self.summary()

@@ -11,6 +11,8 @@ from typing import Any
 
 from .config import check_profile
 from .io import PROJECT_ROOT, DataPaths, resolve_data_dir, write_json
+from .lock import data_dir_lock
+from .redact import redact_notebook, redact_values
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 RUNNER_OWNED = ("data_dir", "profile")  # set by --data-dir / --profile, never by -p
@@ -115,6 +117,19 @@ def typed_parameters(stage: str, values: dict[str, Any], raw: dict[str, str] | N
     return out
 
 
+def check_stage_config(stage: str, profile: str, data_dir: Path, values: dict[str, Any]) -> None:
+    """The stage's whole configuration built once from its parameters, so ranges, paths and credentials are
+    refused (naming the stage) before the first stage runs."""
+    cls = stage_config_class(stage)
+    if cls is None:
+        return
+    names = set(cls.field_names()) - set(RUNNER_OWNED)
+    try:
+        cls.from_params(profile=profile, data_dir=str(data_dir), **{k: v for k, v in values.items() if k in names})
+    except ValueError as e:
+        raise ValueError(f"{stage}: {e}") from None
+
+
 def notebook_parameter_names(path: Path) -> set[str]:
     import papermill as pm
 
@@ -181,9 +196,8 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
                  start: str | None = None, only: Iterable[str] | None = None, run_dir: str | Path | None = None,
                  notebooks_dir: str | Path = NOTEBOOKS_DIR, log_output: bool = False,
                  progress_bar: bool = False, kernel_name: str = "python3") -> RunResult:
-    """Execute the selected notebooks in order; stops at the first failing stage (raises StageFailed)."""
-    import papermill as pm
-
+    """Execute the selected notebooks in order; stops at the first failing stage (raises StageFailed). The run
+    holds the data_dir's lock (nbutils.lock); its notebooks pass through it."""
     check_profile(profile)
     data_dir = resolve_data_dir(data_dir)
     params = dict(params or {})
@@ -197,6 +211,17 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
         chosen = parameters_for(stage, declared[stage], params)
         chosen_raw = {k.rpartition(".")[2]: v for k, v in (raw or {}).items() if k.rpartition(".")[2] in chosen}
         injected_by_stage[stage] = typed_parameters(stage, chosen, chosen_raw)
+        check_stage_config(stage, profile, data_dir, injected_by_stage[stage])
+    with data_dir_lock(data_dir, f"runner: {', '.join(stage_name(nb) for nb in notebooks)}"):
+        return _run_stages(notebooks, injected_by_stage, profile, data_dir, params, run_dir, log_output,
+                           progress_bar, kernel_name)
+
+
+def _run_stages(notebooks: list[Path], injected_by_stage: dict, profile: str, data_dir: Path, params: dict,
+                run_dir: str | Path | None, log_output: bool, progress_bar: bool, kernel_name: str) -> RunResult:
+    """The stages in order, holding the data_dir's lock (run_pipeline takes it)."""
+    import papermill as pm
+
     run_dir = Path(run_dir) if run_dir else new_run_dir(data_dir, profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(run_dir)
@@ -205,7 +230,7 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
 
     def save_summary() -> None:
         write_json(run_dir / "run.json", {
-            "profile": profile, "data_dir": str(data_dir), "parameters": params,
+            "profile": profile, "data_dir": str(data_dir), "parameters": redact_values(params),
             "stages": [vars(s) for s in result.stages]})
 
     for i, nb in enumerate(notebooks, 1):
@@ -215,8 +240,11 @@ def run_pipeline(profile: str = "demo", data_dir: str | Path = "data", params: d
         print(f"[{i}/{len(notebooks)}] {stage} ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(output), parameters=injected, cwd=str(PROJECT_ROOT),
-                                kernel_name=kernel_name, log_output=log_output, progress_bar=progress_bar)
+            try:
+                pm.execute_notebook(str(nb), str(output), parameters=injected, cwd=str(PROJECT_ROOT),
+                                    kernel_name=kernel_name, log_output=log_output, progress_bar=progress_bar)
+            finally:
+                redact_notebook(output)   # a URL's user:password@ or a key never stays in the executed notebook
         except Exception as err:  # papermill raises PapermillExecutionError with the cell
             secs = time.time() - t0
             msg = describe_failure(stage, err)

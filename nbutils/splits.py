@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .io import DataPaths, atomic_folder, read_json, read_jsonl, sha256_file, write_json
+from .io import MARKER, DataPaths, atomic_folder, read_json, read_jsonl, sha256_file, write_json
 from .triples import clean_field
 
 COLUMNS = ("instruction", "input", "output", "paper_id", "page")
@@ -90,7 +90,7 @@ def save_split(dd, info: dict, dataset_dir: str | Path) -> Path:
     source = Path(info["source"]) if info.get("source") else None
     if source is not None and "source_sha256" not in info and source.is_file():
         info = {**info, "source_sha256": sha256_file(source)}
-    with atomic_folder(dataset_dir) as tmp:
+    with atomic_folder(dataset_dir, legacy=(SPLIT_INFO,)) as tmp:
         dd.save_to_disk(str(tmp))
         write_json(tmp / SPLIT_INFO, info)
     return dataset_dir
@@ -186,18 +186,42 @@ def stale_reason(info: dict, source: Path | None) -> str | None:
     return f"{what} since it was made (sha256 {recorded[:12]} -> {current[:12]})"
 
 
+def is_own_split(dataset_dir: Path) -> bool:
+    """Made by this project (its marker, or the split_info.json every version wrote): may be remade. Any other
+    saved DatasetDict is the user's own split: used as it is, never replaced."""
+    return (dataset_dir / MARKER).exists() or (dataset_dir / SPLIT_INFO).exists()
+
+
+def check_seed(info: dict, seed: int | None, dataset_dir: Path) -> None:
+    """A seed asked for that differs from the one the existing split was made with is an error, not ignored."""
+    made = info.get("seed")
+    if seed is not None and made is not None and int(made) != int(seed):
+        raise ValueError(f"seed={seed} but the split in {dataset_dir} was made with seed {made} (its "
+                         f"{SPLIT_INFO}); the seed would not change which rows are held out. Use seed={made}, or "
+                         f"move {dataset_dir} away to make a new split with seed {seed}")
+
+
 def load_split(data_dir: str | Path = "data", dataset_dir: str | Path | None = None,
-               test_size: float = 0.2, seed: int = 42, verbose: bool = True):
+               test_size: float = 0.2, seed: int | None = None, verbose: bool = True):
     """The frozen split: `dataset/` if present and made from the current source; else made (and saved) from
     triples.jsonl (by paper) or from the original-format arxiv_instruction_dataset.json (by row). A remade split
-    keeps the seed and test_size it was made with. Raises a clear error when there is nothing to split."""
+    keeps the seed and test_size it was made with; a `seed` other than an existing split's is an error (None:
+    any; a new split then uses 42). A split the project did not make is used as it is, never remade. Raises a
+    clear error when there is nothing to split."""
     from datasets import load_from_disk
 
     paths = DataPaths(data_dir)
     dataset_dir = Path(dataset_dir) if dataset_dir else paths.dataset
     source = find_source(paths)
+    if (dataset_dir / "dataset_dict.json").exists() and not is_own_split(dataset_dir):
+        dd = load_from_disk(str(dataset_dir))
+        if verbose:
+            print(f"split from {dataset_dir} as given (not made by this project, so never remade): "
+                  f"{len(dd['train'])} train / {len(dd['test'])} test")
+        return dd
     if (dataset_dir / "dataset_dict.json").exists():
         info = read_json(dataset_dir / SPLIT_INFO) if (dataset_dir / SPLIT_INFO).exists() else {}
+        check_seed(info, seed, dataset_dir)
         why = stale_reason(info, source)
         if why is None:
             dd = load_from_disk(str(dataset_dir))
@@ -207,6 +231,7 @@ def load_split(data_dir: str | Path = "data", dataset_dir: str | Path | None = N
             return dd
         print(f"remaking the split in {dataset_dir}: {why}")
         test_size, seed = info.get("test_size", test_size), info.get("seed", seed)
+    seed = 42 if seed is None else seed
     if source is None:
         raise FileNotFoundError(
             f"no dataset in {paths.root}: expected {dataset_dir}/, {paths.triples.name} or "

@@ -144,12 +144,14 @@ def load_model_with_adapter(cfg: EvaluateConfig, verbose: bool = True):
 
 
 def model_fingerprint(cfg: EvaluateConfig) -> dict:
-    """What identifies the weights (for the prediction cache): base name + config hash, adapter weights hash."""
-    from nbutils.models import resolve_model_path
+    """What identifies the weights (for the prediction cache): base name + config hash + its weight files' names,
+    sizes and mtimes (or hub revision), adapter weights hash."""
+    from nbutils.models import resolve_model_path, weights_id
 
     path = resolve_model_path(cfg.base_model, cfg.data_dir)
     cfg_file = Path(path) / "config.json"
-    base_id = sha256_text(path, sha256_file(cfg_file) if cfg_file.exists() else "")
+    base_id = sha256_text(path, sha256_file(cfg_file) if cfg_file.exists() else "",
+                          weights_id(cfg.base_model, cfg.data_dir))
     adapter = Path(cfg.adapter_dir)
     weights = sorted(adapter.glob("adapter_model.*"))
     adapter_id = sha256_text(*(sha256_file(w) for w in weights), sha256_file(adapter / "adapter_config.json"))

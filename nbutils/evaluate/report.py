@@ -2,6 +2,7 @@
 metrics.json / predictions.jsonl (each written once)."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,15 @@ def metrics_table(metrics: dict) -> str:
 
 
 def _example_md(e: dict) -> str:
+    """One example as Markdown. Every text from the dataset or a model is HTML-escaped: a notebook renders this
+    as trusted output, and an instruction holding <script> or <img onerror=...> must show as text, not run."""
     def q(s: str, limit: int = 600) -> str:
         s = s if len(s) <= limit else s[:limit] + " …"
-        return "\n".join("> " + line for line in (s or "(empty)").splitlines() or ["(empty)"])
+        return "\n".join("> " + html.escape(line) for line in (s or "(empty)").splitlines() or ["(empty)"])
 
     sb, st = e["scores"]["base"], e["scores"]["tuned"]
-    paper = f", paper {e['paper_id']}" if e['paper_id'] else ""
-    return (f"**Instruction** (row {e['id']}{paper}): {e['instruction']}\n\n"
+    paper = f", paper {html.escape(str(e['paper_id']))}" if e["paper_id"] else ""
+    return (f"**Instruction** (row {e['id']}{paper}): {html.escape(str(e['instruction']))}\n\n"
             + (f"**Input:**\n{q(e['input'], 400)}\n\n" if e["input"] else "")
             + f"**Reference:**\n{q(e['reference'])}\n\n"
             f"**Base** (ROUGE-L {sb['rougeL']:.3f}):\n{q(e['base'])}\n\n"

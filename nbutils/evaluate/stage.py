@@ -17,6 +17,7 @@ import numpy as np
 
 from nbutils.decoding import EngineSettings, GenerationEngine
 from nbutils.io import sha256_text
+from nbutils.lock import locked_stage
 from nbutils.templates import build_prompt
 
 from .answers import GenParams, PredictionCache, encode_prompts, generate_answers
@@ -116,6 +117,7 @@ def score(cfg: EvaluateConfig, rows, prompts, refs, answers: dict, nll: dict, te
     return result, per_example
 
 
+@locked_stage("05_evaluate")
 def run(cfg: EvaluateConfig, model=None, tok=None, verbose: bool = True) -> EvaluateResult:
     """Generate and score base and tuned answers; write reports/ (metrics.json, predictions.jsonl, plots,
     report.md). `model`/`tok` may be passed in (a PeftModel, as the notebook does) to skip loading."""

@@ -18,6 +18,8 @@ class ExportConfig(StageConfig):
     PROFILE_OVERRIDES: ClassVar[dict] = {}   # the base comes from the adapter's records in every profile
     PATH_FIELDS: ClassVar[dict] = {"adapter_dir": "adapter", "reports_dir": "reports", "dataset_dir": "dataset",
                                    "export_dir": "export"}
+    INPUT_FIELDS: ClassVar[tuple] = ("adapter_dir", "reports_dir", "dataset_dir", "base_model")
+    OUTPUT_FIELDS: ClassVar[tuple] = ("export_dir",)
 
     base_model: str | None = option(None, "hub id or local folder the adapter was trained on (checked against the "
                                     "adapter's records); None: the base 04 recorded in train_log.json")

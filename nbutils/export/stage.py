@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..io import read_json, sha256_text, write_json
+from ..lock import locked_stage
 from .card import evaluation, provenance, render_card
 from .config import ExportConfig
 from .inputs import (
@@ -72,6 +73,7 @@ def artifact(name: str, path: Path, status: str, seconds: float | None = None, *
             "seconds": None if seconds is None else round(seconds, 1), **extra}
 
 
+@locked_stage("export")
 def run(cfg: ExportConfig, verbose: bool = True) -> ExportResult:
     """Merge, convert, describe and optionally publish the adapter 04 trained (and 05 evaluated)."""
     from .merge import merged_is_current, streaming_applies, write_merged

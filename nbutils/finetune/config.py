@@ -65,27 +65,29 @@ class FinetuneConfig(StageConfig):
     }
     PATH_FIELDS: ClassVar[dict] = {"dataset_dir": "dataset", "output_dir": "adapter",
                                    "checkpoint_dir": "checkpoints", "merged_dir": "merged", "tracking_dir": "runs"}
+    INPUT_FIELDS: ClassVar[tuple] = ('base_model',)
+    OUTPUT_FIELDS: ClassVar[tuple] = ('dataset_dir', 'output_dir', 'checkpoint_dir', 'merged_dir', 'tracking_dir')
 
     base_model: str = option("meta-llama/Meta-Llama-3-8B", "hub id (HF_TOKEN from the environment) or local folder")
     load_in_4bit: bool = option(True, "QLoRA: nf4 double-quant base (CUDA only; CPU trains plain LoRA)")
     template: str = option(ALPACA, "prompt format: the original's Alpaca text or the model's chat template",
                            choices=TEMPLATES)
     # LoRA
-    lora_r: int = option(64, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = option(0.1, "dropout on the LoRA input")
+    lora_r: int = option(64, "LoRA rank", ge=1)
+    lora_alpha: int = option(16, "LoRA alpha (scale = alpha / r)", gt=0)
+    lora_dropout: float = option(0.1, "dropout on the LoRA input", ge=0, lt=1)
     lora_target_modules: list = option(LORA_TARGETS, "projections that get a LoRA adapter")
     # optimisation
-    num_train_epochs: float = option(3.0, "epochs over the train split (when max_steps <= 0)")
-    max_steps: int = option(-1, "> 0: this many optimizer steps, overriding num_train_epochs")
-    per_device_train_batch_size: int = option(4, "rows per micro-batch and GPU")
-    gradient_accumulation_steps: int = option(4, "micro-batches per optimizer step")
-    per_device_eval_batch_size: int = option(8, "rows per eval batch")
-    learning_rate: float = option(2e-4, "peak learning rate")
+    num_train_epochs: float = option(3.0, "epochs over the train split (when max_steps <= 0)", gt=0)
+    max_steps: int = option(-1, "> 0: this many optimizer steps, overriding num_train_epochs", ge=-1)
+    per_device_train_batch_size: int = option(4, "rows per micro-batch and GPU", ge=1)
+    gradient_accumulation_steps: int = option(4, "micro-batches per optimizer step", ge=1)
+    per_device_eval_batch_size: int = option(8, "rows per eval batch", ge=1)
+    learning_rate: float = option(2e-4, "peak learning rate", gt=0)
     lr_scheduler_type: str = option("linear", "transformers scheduler name")
-    warmup_steps: int = option(5, "linear warm-up steps")
-    max_grad_norm: float = option(0.3, "gradient clipping norm")
-    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(5, "linear warm-up steps", ge=0)
+    max_grad_norm: float = option(0.3, "gradient clipping norm", ge=0)
+    weight_decay: float = option(0.0, "AdamW weight decay", ge=0)
     optim: str | None = option(None, "transformers optimizer name; None: from memory_mode (fast: adamw_torch_fused, "
                                "lean: paged_adamw_8bit); CPU falls back to adamw_torch")
     gradient_checkpointing: bool | None = option(None, "None: from memory_mode (fast: off, lean: on)")
@@ -110,20 +112,20 @@ class FinetuneConfig(StageConfig):
                                               "checkpointing is on in a single process")
     upcast_non_quantized: bool = option(False, "4-bit: fp32 copy of embeddings/norms/lm_head (peft's "
                                         "prepare_model_for_kbit_training, the original's; slower, +5 GiB)")
-    seed: int = option(42, "seed of the split, the data order and LoRA's initialisation")
+    seed: int = option(42, "seed of the split, the data order and LoRA's initialisation", ge=0)
     # sequences
-    max_length: int = option(2048, "tokens per row (longer rows are truncated, and counted)")
+    max_length: int = option(2048, "tokens per row (longer rows are truncated, and counted)", ge=16)
     packing: bool | str = option(AUTO, "padding-free packing only (samples never attend to each other); auto: on "
                                  "with flash-attn or sdpa_varlen, off otherwise", choices=(AUTO,))
     packing_strategy: str = option("bfd", "TRL packing strategy; only the padding-free ones are accepted",
                                    choices=("bfd", "bfd_split", "wrapped"))
-    max_train_samples: int | None = option(None, "use only the first N train rows")
-    max_eval_samples: int | None = option(None, "use only the first N test rows for the eval loss")
+    max_train_samples: int | None = option(None, "use only the first N train rows", ge=1)
+    max_eval_samples: int | None = option(None, "use only the first N test rows for the eval loss", ge=0)
     # evaluation / checkpoints / logs
-    eval_steps: int = option(50, "eval loss on the test split every N steps (and before step 1)")
-    save_steps: int = option(50, "checkpoint every N steps")
-    save_total_limit: int = option(3, "checkpoints kept")
-    logging_steps: int = option(5, "log loss, tokens/s and memory every N steps")
+    eval_steps: int = option(50, "eval loss on the test split every N steps (and before step 1)", ge=1)
+    save_steps: int = option(50, "checkpoint every N steps", ge=1)
+    save_total_limit: int = option(3, "checkpoints kept", ge=1)
+    logging_steps: int = option(5, "log loss, tokens/s and memory every N steps", ge=1)
     resume: bool | str = option(AUTO, "auto: continue a checkpoint of the same run; True: must; False: start "
                                 "fresh. Checkpoints not resumed are moved aside, never deleted", choices=(AUTO,))
     merge: bool = option(False, "also write the merged full model to merged_dir")
@@ -141,7 +143,7 @@ class FinetuneConfig(StageConfig):
                                    "replica fits one GPU, else FSDP-QLoRA sharded over the GPUs (the arithmetic is "
                                    "printed); 'ddp' or 'fsdp' forces the mode; False: one process",
                                    choices=(AUTO, *MULTI_GPU_MODES))
-    num_processes: int | None = option(None, "GPUs for accelerate launch (None: all visible)")
+    num_processes: int | None = option(None, "GPUs for accelerate launch (None: all visible)", ge=1)
     dataset_dir: str | None = option(None, "None: data_dir/dataset")
     output_dir: str | None = option(None, "the adapter folder; None: data_dir/models/adapter")
     checkpoint_dir: str | None = option(None, "None: data_dir/models/checkpoints")

@@ -110,3 +110,12 @@ def describe_truncation(rep: dict) -> str:
     if rep["answer_lost"]:
         s += f", {rep['answer_lost']} dropped (the prompt alone fills max_length)"
     return s
+
+
+def check_trainable(rep: dict) -> None:
+    """Before the model loads: a split where every row's prompt alone fills max_length leaves TRL nothing to train
+    on (it fails later with num_samples=0); say so with the numbers and the knob."""
+    if rep["rows"] and rep["answer_lost"] >= rep["rows"]:
+        raise ValueError(f"every one of the {rep['rows']} {rep['split']} rows is longer than max_length="
+                         f"{rep['max_length']} tokens before its answer starts (longest {rep['longest']}): nothing "
+                         f"would be trained on. Raise max_length (or shorten the inputs)")

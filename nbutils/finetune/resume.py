@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+import zipfile
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..io import read_json, sha256_text, write_json
+from ..io import read_json, safetensors_problem, sha256_text, write_json
 from .config import FinetuneConfig
 from .runtime import Runtime
 
@@ -64,11 +66,68 @@ def read_run_record(checkpoint_dir: str | Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def checkpoints_newest_first(checkpoint_dir: str | Path) -> list[Path]:
+    """The `checkpoint-<step>` folders, highest step first (as transformers names and finds them)."""
     d = Path(checkpoint_dir)
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why a checkpoint cannot be resumed (a file cut short while saving: a killed run, a full disk), or None.
+    Cheap: headers and sizes, not the tensors (a torch .pt/.pth/.bin is a zip whose directory is at its end)."""
+    d = Path(ckpt)
+    state = d / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (saving did not finish)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except ValueError:
+        return "trainer_state.json is not valid JSON (cut short)"
+    for f in sorted(d.iterdir()):
+        if f.suffix == ".safetensors":
+            why = safetensors_problem(f)
+        elif f.suffix in (".pt", ".pth", ".bin"):
+            why = None if zipfile.is_zipfile(f) else f"{f.name} ({f.stat().st_size} bytes) is cut short or corrupt"
+        else:
+            continue
+        if why:
+            return why
+    return None
+
+
+def usable_checkpoint(checkpoint_dir: str | Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest checkpoint that loads, and the (folder, reason) of each newer one that does not."""
+    broken = []
+    for ckpt in checkpoints_newest_first(checkpoint_dir):
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            return str(ckpt), broken
+        broken.append((str(ckpt), why))
+    return None, broken
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest checkpoint that loads (a broken newer one is passed over)."""
+    return usable_checkpoint(checkpoint_dir)[0]
+
+
+def set_broken_aside(broken: list[tuple[str, str]], checkpoint_dir: str | Path) -> Path | None:
+    """Move each broken checkpoint into `<checkpoint_dir>.broken-<UTC time>/` with a REASON.txt (outside
+    checkpoint_dir, where the Trainer's rotation never sees it); nothing is deleted."""
+    if not broken:
+        return None
+    d = Path(checkpoint_dir)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = d.with_name(f"{d.name}.broken-{stamp}")
+    target.mkdir(parents=True, exist_ok=True)
+    for ckpt, why in broken:
+        dest = target / Path(ckpt).name
+        os.replace(ckpt, dest)
+        (dest / "REASON.txt").write_text(why + "\n", encoding="utf-8")
+    return target
 
 
 def describe_difference(saved: dict, now: dict) -> str:
@@ -94,11 +153,13 @@ class ResumePlan:
     checkpoint: str | None = None   # resume from it
     stale: str | None = None        # the latest checkpoint, not continued: its folder goes aside before training
     why: str = ""                   # why it is not continued
+    broken: list = field(default_factory=list)   # (folder, reason) of newer checkpoints that do not load
 
 
 def plan_resume(cfg: FinetuneConfig, record: dict) -> ResumePlan:
-    """Continue a checkpoint of the same run (resume="auto" or True), else start fresh. Touches nothing."""
-    ckpt = last_checkpoint(cfg.checkpoint_dir)
+    """Continue a checkpoint of the same run (resume="auto" or True), else start fresh. Touches nothing. A newer
+    checkpoint that does not load (cut short while saving) is passed over for the newest one that does."""
+    ckpt, broken = usable_checkpoint(cfg.checkpoint_dir)
     saved = read_run_record(cfg.checkpoint_dir)
     compatible = ckpt is not None and saved.get("fingerprint") == record["fingerprint"]
     if cfg.resume is True:
@@ -110,12 +171,12 @@ def plan_resume(cfg: FinetuneConfig, record: dict) -> ResumePlan:
                              f"({describe_difference(saved, record)}); use resume=False to start over (its "
                              "checkpoints are then moved aside, not deleted)")
     if ckpt is None:
-        return ResumePlan()
+        return ResumePlan(broken=broken)
     if compatible and cfg.resume is not False:
-        return ResumePlan(checkpoint=ckpt)
+        return ResumePlan(checkpoint=ckpt, broken=broken)
     why = "resume=False" if cfg.resume is False else f"it was trained on something else: " \
         f"{describe_difference(saved, record)}"
-    return ResumePlan(stale=ckpt, why=why)
+    return ResumePlan(stale=ckpt, why=why, broken=broken)
 
 
 def set_aside(checkpoint_dir: str | Path) -> Path:
@@ -137,6 +198,10 @@ def start_run(cfg: FinetuneConfig, plan: ResumePlan, record: dict, is_main: bool
     if not is_main:
         return None
     aside = None
+    broken_to = set_broken_aside(plan.broken, cfg.checkpoint_dir)
+    for ckpt, why in plan.broken:
+        print(f"{ckpt} does not load ({why}): moved to {broken_to}/{Path(ckpt).name} (with the reason in "
+              "REASON.txt), never deleted")
     if plan.stale:
         aside = set_aside(cfg.checkpoint_dir)
         print(f"not resuming {plan.stale}: {plan.why}. Starting fresh; the earlier checkpoints were moved to "

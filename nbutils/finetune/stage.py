@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..io import read_json
+from ..lock import locked_stage
 from .config import FinetuneConfig
 from .result import TRAIN_LOG, FinetuneResult
 from .runtime import prefer_expandable_segments
@@ -122,6 +123,7 @@ def launch_distributed(cfg: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(log=read_json(Path(cfg.output_dir) / TRAIN_LOG), adapter_dir=cfg.output_dir)
 
 
+@locked_stage("04_finetune")
 def run(cfg: FinetuneConfig) -> FinetuneResult:
     """Stage 04: one process here, or `accelerate launch` over all GPUs when there are several."""
     prefer_expandable_segments()  # before anything initialises CUDA (the launched processes inherit it)

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..io import atomic_folder, write_json
+from ..io import atomic_folder, check_replaceable, write_json
 from .config import FinetuneConfig
-from .data import choose_pad_token, describe_truncation, load_training_data, truncation_report
+from .data import check_trainable, choose_pad_token, describe_truncation, load_training_data, truncation_report
 from .result import LOSS_PNG, TRAIN_LOG, FinetuneResult, plot_loss, summarise
 from .resume import plan_resume, run_record, start_run
 from .runtime import Runtime, model_hidden_size, resolve_fuse_lora, resolve_runtime
@@ -183,13 +183,62 @@ def run_training(trainer, cfg: FinetuneConfig, rt: Runtime, resume_from: str | N
         return trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError as e:
         raise FinetuneOOMError(explain_oom(cfg, rt)) from e
+    except (OSError, RuntimeError) as e:
+        if is_disk_full(e):
+            raise DiskFull(explain_disk_full(cfg.checkpoint_dir)) from e
+        raise
+
+
+class DiskFull(OSError):
+    """Saving ran out of disk: names the folder and about how much a checkpoint needs."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, or torch's serializer failing mid-write ("unexpected pos 19076608 vs 19076496": the file could not
+    grow), anywhere in the exception's causes."""
+    import errno
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "No space left" in text or "unexpected pos" in text or "PytorchStreamWriter failed writing" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def explain_disk_full(checkpoint_dir: str | Path) -> str:
+    """'no space left on <dir>: need ~N GB' (N: the largest checkpoint there, or 1 GB when none is), with what
+    to do; training resumes from the last complete checkpoint."""
+    import shutil
+
+    d = Path(checkpoint_dir)
+    sizes = [folder_bytes(p) for p in d.glob("checkpoint-*") if p.is_dir()] if d.is_dir() else []
+    need = max(sizes, default=0) or 2**30
+    probe = d if d.exists() else d.parent
+    free = shutil.disk_usage(probe).free if probe.exists() else 0
+    return (f"no space left on {d}: need ~{need / 1e9:.1f} GB for a checkpoint ({free / 1e9:.1f} GB free). Free "
+            f"space there (or set checkpoint_dir on another disk) and rerun: training resumes from the last "
+            f"complete checkpoint; one cut short is set aside")
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+def check_outputs(cfg: FinetuneConfig) -> None:
+    """Before hours of training: the adapter (and merged) folder must be new, empty or made by this project."""
+    check_replaceable(cfg.output_dir, legacy=(TRAIN_LOG,), param="output_dir")
+    if cfg.merge:
+        check_replaceable(cfg.merged_dir, param="merged_dir")
+
+
 def save_adapter(trainer, tokenizer, out_dir: str | Path) -> Path:
     """PEFT adapter + tokenizer, published in one go (never half an adapter). Load it with
     PeftModel.from_pretrained(base, out_dir) wherever the base model lives."""
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, legacy=(TRAIN_LOG,)) as tmp:
         trainer.model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)
@@ -239,6 +288,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
     from .callbacks import TrainLogRecorder, log_entries
 
     t_start = time.time()
+    check_outputs(cfg)
     rt = resolve_runtime(cfg)
     if rt.device == "cuda" and "LOCAL_RANK" in os.environ:
         import torch
@@ -254,6 +304,7 @@ def train(cfg: FinetuneConfig, extra_callbacks=(), verbose: bool = True) -> Fine
         print(pad_note)
     train_ds, eval_ds, data_info = load_data(cfg, rt, tokenizer, say)
     trunc = [truncation_report(train_ds, tokenizer, cfg.max_length, "train")]
+    check_trainable(trunc[0])
     if eval_ds is not None:
         trunc.append(truncation_report(eval_ds, tokenizer, cfg.max_length, "eval"))
     if say:

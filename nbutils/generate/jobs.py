@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import read_jsonl, sha256_text
+from ..io import read_jsonl, read_records, sha256_text
 from .config import GenerateConfig
 from .prompts import PromptTemplate
 
@@ -64,6 +64,16 @@ def window_pages(pages: list[dict], size: int) -> list[dict]:
         for w, piece in enumerate(split_windows(text, size)):
             out.append({**p, "text": piece, "chunk": base * 100 + w if base else w})
     return out
+
+
+# pages.jsonl, one record a line (docs/pipeline.md): a line that does not fit is skipped, naming file:line and why
+PAGE_SCHEMA = {"paper_id": str, "page": (int, type(None)), "chunk": (int, type(None)), "text": str}
+
+
+def load_pages(path: str | Path, bad: list | None = None) -> list[dict]:
+    """The usable records of pages.jsonl; each odd line (not an object, page "iv", text 12345) is skipped with
+    `file:line: skipped: reason` and listed in `bad`."""
+    return list(read_records(path, PAGE_SCHEMA, skipped=bad))
 
 
 def select_pages(pages: list[dict], max_pages: int = 0, min_chars: int = 200,

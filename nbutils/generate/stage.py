@@ -20,11 +20,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..io import atomic_folder, read_jsonl, write_json, write_jsonl
+from ..io import atomic_folder, check_replaceable, write_json, write_jsonl
+from ..lock import locked_stage
 from .build import add_grounding, filter_triples, parse_pages
 from .calls import call_pending
 from .config import GenerateConfig
-from .jobs import load_cache, make_jobs, select_pages
+from .jobs import load_cache, load_pages, make_jobs, select_pages
 from .judge import run_judge
 from .result import GenerateResult, batch_saving_usd, cost_usd
 
@@ -33,13 +34,13 @@ def write_outputs(cfg: GenerateConfig, triples: list[dict], result: GenerateResu
     """triples.jsonl, the original-format JSON and dataset/ (split by paper), each replaced atomically, the
     source first: a run killed in between leaves a split older than its source, which the split's record
     of its source shows (and the next run rebuilds all three from the cache anyway)."""
-    from ..splits import dump_original_format, make_split, save_split
+    from ..splits import SPLIT_INFO, dump_original_format, make_split, save_split
 
     write_jsonl(cfg.triples_path, triples)
     dump_original_format(triples, cfg.instruction_json_path)
     dd, info = make_split(triples, cfg.test_size, cfg.seed)
     info["source"] = str(cfg.triples_path)
-    with atomic_folder(cfg.dataset_dir) as tmp:
+    with atomic_folder(cfg.dataset_dir, legacy=(SPLIT_INFO,)) as tmp:
         save_split(dd, info, tmp)
     result.split, result.outputs_replaced = info, True
 
@@ -58,15 +59,20 @@ def keep_outputs_note(cfg: GenerateConfig, result: GenerateResult) -> str:
     return f"no triple kept this run: {why}; {kept}. Fix the cause and rerun: cached replies are reused."
 
 
+@locked_stage("03_generate")
 def run(cfg: GenerateConfig) -> GenerateResult:
     """The whole stage: select pages, call the LLM for uncached ones, rebuild the outputs from the cache."""
     t0 = time.monotonic()
     if not Path(cfg.pages_path).exists():
         raise FileNotFoundError(f"{cfg.pages_path} not found: run notebooks/02_parse.ipynb first (or point "
                                 f"pages_path at a pages.jsonl)")
+    check_replaceable(cfg.dataset_dir, legacy=("split_info.json",), param="dataset_dir")  # before any paid call
     template = cfg.template()
-    all_pages = list(read_jsonl(cfg.pages_path))
+    bad: list[str] = []
+    all_pages = load_pages(cfg.pages_path, bad)
     pages, skipped = select_pages(all_pages, cfg.max_pages, cfg.min_page_chars, cfg.window_chars)
+    if bad:
+        skipped["bad_record"] = len(bad)
     result = GenerateResult(backend=cfg.backend, model=cfg.model_name, prompt_version=template.version,
                             pages_in_file=len(all_pages), pages_selected=len(pages), pages_skipped=dict(skipped))
     jobs = make_jobs(pages, cfg, template)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .base import DEFAULT_MODELS, Completion, LLMError, Messages
-from .deadline import deadline_client
+from .deadline import ReplyTooLarge, deadline_client
 from .limiter import parse_retry_after
 
 
@@ -42,22 +42,88 @@ def _request_body(model: str, messages: Messages, max_tokens: int, temperature: 
     return body
 
 
+def _malformed(what: str) -> LLMError:
+    return LLMError("malformed", f"reply body of the wrong shape: {what}")
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _token_count(usage: dict, name: str) -> int:
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+        raise _malformed(f"usage.{name} is {_short(value, 40)!r}, not a count")
+    return int(value)
+
+
+# words in a 200 error body's code/type that say every later request fails the same way
+_ERROR_KINDS = (("auth", ("auth", "api_key", "apikey", "permission", "unauthorized", "forbidden")),
+                ("not_found", ("model_not_found", "not_found", "decommissioned", "does not exist")),
+                ("rate_limit", ("rate_limit",)))
+
+
+def _error_body(err: Any) -> LLMError:
+    """A 200 whose body is {"error": ...}: the server's own message, classified like its HTTP twin."""
+    if isinstance(err, dict):
+        message = err.get("message") or json.dumps(err, default=str)
+        words = " ".join(str(err.get(k) or "") for k in ("code", "type", "message")).lower()
+    else:
+        message = words = str(err)
+        words = words.lower()
+    kind = next((k for k, keys in _ERROR_KINDS if any(w in words for w in keys)), "server")
+    return LLMError(kind, f"HTTP 200 with an error body: {_short(message)}")
+
+
 def _completion_from_dict(data: Any, model: str, latency: float, headers: dict) -> Completion:
-    """Validate an OpenAI-shaped chat.completion body (dict) into a Completion, or raise LLMError."""
+    """Validate an OpenAI-shaped chat.completion body (dict) into a Completion, or raise LLMError: every field
+    read is checked, so an odd shape is a retryable "malformed" error, never a crash."""
     if not isinstance(data, dict):
-        raise LLMError("malformed", f"reply body is not a JSON object: {str(data)[:120]!r}")
+        raise _malformed(f"not a JSON object: {_short(str(data), 120)!r}")
     choices = data.get("choices")
+    if "error" in data and not choices:
+        raise _error_body(data["error"])
     if not choices:
         raise LLMError("empty", "reply has no choices")
-    first = choices[0] if isinstance(choices[0], dict) else {}
-    text = (first.get("message") or {}).get("content")
-    if not isinstance(text, str):
+    if not isinstance(choices, list):
+        raise _malformed(f"choices is a {_type(choices)}, not a list")
+    first = choices[0]
+    if not isinstance(first, dict):
+        raise _malformed(f"choices[0] is a {_type(first)}, not an object")
+    message = first.get("message")
+    if message is None:
         raise LLMError("empty", "reply's first choice has no message content")
+    if not isinstance(message, dict):
+        raise _malformed(f"choices[0].message is a {_type(message)}, not an object")
+    text = message.get("content")
+    if text is None:
+        raise LLMError("empty", "reply's first choice has no message content")
+    if not isinstance(text, str):
+        raise _malformed(f"choices[0].message.content is a {_type(text)}, not a string")
     usage = data.get("usage") or {}
-    return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0),
-                      finish_reason=first.get("finish_reason"), model=data.get("model") or model,
-                      latency_s=latency, headers=headers)
+    if not isinstance(usage, dict):
+        raise _malformed(f"usage is a {_type(usage)}, not an object")
+    finish = first.get("finish_reason")
+    name = data.get("model")
+    return Completion(text=text, prompt_tokens=_token_count(usage, "prompt_tokens"),
+                      completion_tokens=_token_count(usage, "completion_tokens"),
+                      finish_reason=finish if isinstance(finish, str) else None,
+                      model=name if isinstance(name, str) and name else model, latency_s=latency, headers=headers)
+
+
+def _body_problem(e: BaseException) -> LLMError | None:
+    """A reply body too large or of broken compression, found anywhere in an exception's causes: "malformed"."""
+    import httpx
+
+    while e is not None:
+        if isinstance(e, ReplyTooLarge):
+            return LLMError("malformed", str(e))
+        if isinstance(e, httpx.DecodingError):
+            return LLMError("malformed", f"reply body could not be decoded ({e})")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class GroqBackend:
@@ -89,18 +155,16 @@ class GroqBackend:
         try:
             raw = self.client.chat.completions.with_raw_response.create(**body)
             headers = dict(raw.headers)
-            parsed = raw.parse()
+            data = raw.http_response.json()   # the body as sent, checked below (no lenient model parsing)
         except g.APITimeoutError as e:
             raise LLMError("timeout", f"no complete reply within timeout_s ({e})") from e
         except g.APIConnectionError as e:
-            raise LLMError("connection", str(e)) from e
+            raise _body_problem(e) or LLMError("connection", str(e)) from e
         except g.APIStatusError as e:
             raise _classify_status(e.status_code, _short(e.message), parse_retry_after(e.response.headers)) from e
         except (ValueError, g.APIResponseValidationError) as e:   # JSONDecodeError is a ValueError
             raise LLMError("malformed", f"reply body is not valid JSON ({e})") from e
-        latency = time.monotonic() - t0
-        data = parsed.model_dump() if hasattr(parsed, "model_dump") else parsed
-        return _completion_from_dict(data, self.model, latency, headers)
+        return _completion_from_dict(data, self.model, time.monotonic() - t0, headers)
 
 
 class OpenAICompatBackend:
@@ -135,6 +199,8 @@ class OpenAICompatBackend:
             r = self.client.post(f"{self.base_url}/chat/completions", json=body)
         except hx.TimeoutException as e:
             raise LLMError("timeout", f"no complete reply within timeout_s ({e})") from e
+        except hx.DecodingError as e:
+            raise _body_problem(e) from e
         except hx.TransportError as e:
             raise LLMError("connection", str(e)) from e
         headers = dict(r.headers)

@@ -20,6 +20,8 @@ class ParseConfig(StageConfig):
     }
     PATH_FIELDS: ClassVar[dict[str, str]] = {"pdf_dir": "pdfs", "papers_path": "papers",
                                              "pages_path": "pages", "report_path": "parse_report"}
+    INPUT_FIELDS: ClassVar[tuple] = ('pdf_dir', 'papers_path', 'tokenizer')
+    OUTPUT_FIELDS: ClassVar[tuple] = ('pages_path', 'report_path')
 
     pdf_dir: str | None = option(None, "folder of PDFs (None: data_dir/pdfs)")
     papers_path: str | None = option(None, "papers.jsonl, for titles only (None: data_dir/papers.jsonl)")
@@ -27,19 +29,20 @@ class ParseConfig(StageConfig):
     report_path: str | None = option(None, "per-file report (None: data_dir/parse_report.json)")
     loader: str = option("pypdfium2", "text extractor: pypdfium2 (fast), pypdf, or pypdfloader (langchain's)",
                          choices=LOADERS)
-    workers: int = option(0, "parser processes; 0 = one per CPU core")
-    timeout_s: float = option(120.0, "per-file limit; the parser process is killed past it")
-    max_memory_mb: int = option(4096, "per parser process, above its start size (Linux RLIMIT_AS)")
+    workers: int = option(0, "parser processes; 0 = one per CPU core", ge=0)
+    timeout_s: float = option(120.0, "per-file limit; the parser process is killed past it", gt=0)
+    max_memory_mb: int = option(4096, "per parser process, above its start size (Linux RLIMIT_AS)", gt=0)
     normalize: bool = option(True, "ligatures (fi, fl, ...) and odd whitespace")
     drop_headers: bool = option(True, "running headers/footers and page numbers repeating across pages")
-    header_min_fraction: float = option(0.4, "a top/bottom line on at least this share of pages is a header")
-    header_zone_lines: int = option(3, "lines at the top and bottom of a page looked at for headers")
+    header_min_fraction: float = option(0.4, "a top/bottom line on at least this share of pages is a header",
+                                        gt=0, le=1)
+    header_zone_lines: int = option(3, "lines at the top and bottom of a page looked at for headers", ge=0)
     drop_references: bool = option(True, "the References/Bibliography section and what follows it")
     keep_appendix: bool = option(False, "keep appendices found after the references")
     dehyphenate: bool = option(True, "rejoin words hyphenated across lines")
-    min_chars: int = option(200, "pages shorter than this after cleaning are dropped")
-    chunk_tokens: int = option(0, "0 = one record per page; else chunks of this many tokens")
-    chunk_overlap: int = option(0, "tokens shared by consecutive chunks")
+    min_chars: int = option(200, "pages shorter than this after cleaning are dropped", ge=0)
+    chunk_tokens: int = option(0, "0 = one record per page; else chunks of this many tokens", ge=0)
+    chunk_overlap: int = option(0, "tokens shared by consecutive chunks", ge=0)
     tokenizer: str | None = option(None, "HF tokenizer (id or folder) for chunking; None = whitespace tokens")
     retry_skipped: bool = option(False, "reparse files skipped last time even if unchanged")
     force: bool = option(False, "reparse everything")

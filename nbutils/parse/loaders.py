@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..io import fix_text
 from .clean import clean_pages, fix_extraction_marks
 
 SKIP_REASONS = ("empty_file", "not_pdf", "truncated", "encrypted", "corrupt", "no_pages", "no_text_layer",
@@ -128,7 +129,7 @@ def parse_file(path: str, options: dict[str, Any]) -> dict[str, Any]:
             warnings.simplefilter("always")
             try:
                 check_pdf_bytes(path)
-                raw = LOADER_FUNCS[options["loader"]](path)
+                raw = [fix_text(t) for t in LOADER_FUNCS[options["loader"]](path)]   # no lone surrogates
                 if not raw:
                     raise SkipFile("no_pages", "the document has no pages")
                 n_text = sum(len(re.sub(r"\s", "", fix_extraction_marks(t))) for t in raw)

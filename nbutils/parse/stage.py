@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_text, write_json, write_jsonl
+from ..io import append_jsonl, read_json, read_records, sha256_file, sha256_text, write_json, write_jsonl
+from ..lock import locked_stage
 from .chunk import chunk_text
 from .config import ParseConfig
 from .result import ParseResult, summarize
@@ -75,10 +76,13 @@ def mark_duplicates(pdfs: list[PdfFile], shas: dict[str, str]) -> None:
             first[sha] = f.path.name
 
 
+PAPER_TITLE_SCHEMA = {"id": (str, type(None)), "title": (str, type(None)), "pdf_path": (str, type(None))}
+
+
 def load_titles(papers_path: str | Path) -> dict[str, str]:
     """paper_id (PDF stem) -> title, from papers.jsonl when stage 01 made one."""
     titles = {}
-    for rec in read_jsonl(papers_path):
+    for rec in read_records(papers_path, PAPER_TITLE_SCHEMA):
         stem = Path(rec.get("pdf_path") or "").stem or str(rec.get("id", "")).replace("/", "_")
         if stem and rec.get("title"):
             titles[stem] = rec["title"]
@@ -147,13 +151,24 @@ def skipped_entry(f: PdfFile, sha: str | None) -> dict[str, Any]:
             "title": None, "seconds": 0.0, "warnings": {}, "parsed_in_last_run": False}
 
 
+PAGE_KEY_SCHEMA = {"paper_id": str, "page": (int, type(None)), "chunk": (int, type(None))}
+
+
 def keep_unchanged_records(pages_path: str | Path, files: dict[str, dict]) -> None:
-    """Rewrite pages.jsonl with only the records of files kept from the last run (one copy, current sha)."""
+    """Rewrite pages.jsonl with only the records of files kept from the last run: one copy of each page (a
+    duplicate left by an older concurrent run is dropped), current sha; an odd line is skipped naming it."""
     kept = {pid: e["sha256"] for pid, e in files.items() if e["status"] == "ok"}
-    write_jsonl(pages_path, [r for r in read_jsonl(pages_path)
-                             if r.get("paper_id") in kept and r.get("source_sha256") == kept[r["paper_id"]]])
+    seen: set = set()
+    out = []
+    for r in read_records(pages_path, PAGE_KEY_SCHEMA):
+        ident = (r["paper_id"], r.get("page"), r.get("chunk"))
+        if r["paper_id"] in kept and r.get("source_sha256") == kept[r["paper_id"]] and ident not in seen:
+            seen.add(ident)
+            out.append(r)
+    write_jsonl(pages_path, out)
 
 
+@locked_stage("02_parse")
 def run(cfg: ParseConfig, progress: bool = True) -> ParseResult:
     """Parse new/changed PDFs of cfg.pdf_dir into cfg.pages_path; the report goes to cfg.report_path."""
     from tqdm.auto import tqdm

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..arxiv_ids import build_search_url, has_version
 from ..io import append_jsonl, write_json, write_jsonl
+from ..lock import locked_stage
 from .api import list_with_api
 from .browser import Browser
 from .config import ScrapeConfig
@@ -110,6 +111,7 @@ def fetch_one(cfg: ScrapeConfig, client: HttpClient, browser: Browser | None, re
         place_under_id(rec, cfg)
 
 
+@locked_stage("01_scrape")
 def run(cfg: ScrapeConfig) -> ScrapeResult:
     """The notebook's call: scrape cfg.site, or, when it is "demo", serve the bundled arXiv look-alike on
     127.0.0.1 for the duration of the run (its PDFs rendered once into data_dir/cache/demo_site)."""

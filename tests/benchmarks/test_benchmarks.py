@@ -140,12 +140,13 @@ def test_batch_resume_kills_and_reruns_without_duplicates_or_losses():
     assert rows["no-state"]["duplicates"] == 6
 
 
-def test_tracking_overhead_times_each_integrations_log_call(tmp_path):
+def test_tracking_overhead_times_each_integrations_log_call(tmp_path, embedded_model_path):
     """Issue 23's tracking benchmark at its smallest: every installed tracker's on_log timed after its set-up, and
     its share of a step reported."""
     from benchmarks import tracking_overhead
 
-    res = tracking_overhead.main(["--cases", "", "--on-log-calls", "5", "--out", str(tmp_path / "t.json")])
+    res = tracking_overhead.main(["--cases", "", "--on-log-calls", "5", "--tokenizer", str(embedded_model_path),
+                                  "--out", str(tmp_path / "t.json")])
     assert res["on_log_ms"] and all(v > 0 for v in res["on_log_ms"].values())
     assert set(res["on_log_share_pct"]) == set(res["on_log_ms"]) and (tmp_path / "t.json").exists()
 

@@ -17,13 +17,21 @@ from nbutils.io import read_json
 TYPOS = [("learning_rate", "2e-3x"), ("max_steps", "abc")]
 
 
+def fake_checkpoint(folder: Path, step: int) -> None:
+    """A checkpoint folder that loads (a real, tiny safetensors and trainer_state.json)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "adapter_model.safetensors"))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
 def make_checkpoints(data_dir: Path, **params) -> Path:
     """A previous demo run's checkpoint folder (checkpoint-2 and its run_config.json), made with `params`."""
     cfg = FinetuneConfig.from_params(profile="demo", data_dir=str(data_dir), **params)
     ckpts = Path(cfg.checkpoint_dir)
-    (ckpts / "checkpoint-2").mkdir(parents=True)
-    (ckpts / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"two steps of weights")
-    (ckpts / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    fake_checkpoint(ckpts / "checkpoint-2", 2)
     record = {"fingerprint": "made-before", "config": cfg.to_dict(), "resolved": {"optim": "adamw_torch"},
               "data_sha256": "rows-before"}
     (ckpts / resume.RUN_CONFIG_FILE).write_text(json.dumps(record))
@@ -102,7 +110,7 @@ def test_resume_false_also_sets_aside_and_each_set_gets_its_own_folder(tmp_path,
     plan = resume.plan_resume(cfg, record)
     assert (plan.checkpoint, plan.why) == (None, "resume=False")
     one = resume.start_run(cfg, plan, record)
-    (first / "checkpoint-4").mkdir()
+    fake_checkpoint(first / "checkpoint-4", 4)
     two = resume.start_run(cfg, resume.plan_resume(cfg, record), record)
     assert one != two and (one / "checkpoint-2").is_dir() and (two / "checkpoint-4").is_dir()
     assert "resume=False" in capsys.readouterr().out
