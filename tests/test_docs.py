@@ -103,3 +103,10 @@ def test_every_stage_page_is_linked_from_the_readme():
     missing = [p.name for p in stage_pages() if f"docs/stages/{p.name}" not in text]
     assert not missing, f"README.md does not link {missing}"
     assert STAGE_DOCS.is_dir()
+
+
+def test_the_docs_command_rewrites_the_stage_pages(capsys):
+    from nbutils.__main__ import main
+
+    assert main(["docs"]) == 0
+    assert "tables already up to date" in capsys.readouterr().out   # the pages are committed generated
