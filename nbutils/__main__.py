@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "docs":
-        from .docs import STAGE_DOCS, write_doc_tables
+        from . import docs
 
-        changed = write_doc_tables()
-        print(f"{STAGE_DOCS}: " + (f"tables updated in {', '.join(p.name for p in changed)}" if changed
+        changed = docs.write_doc_tables()
+        print(f"{docs.STAGE_DOCS}: " + (f"tables updated in {', '.join(p.name for p in changed)}" if changed
                                    else "tables already up to date"))
         return 0
     if args.command == "provision-model":

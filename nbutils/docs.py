@@ -63,6 +63,6 @@ def write_tables(path: str | Path) -> bool:
     return new != old
 
 
-def write_doc_tables(root: Path = STAGE_DOCS) -> list[Path]:
-    """Regenerate every stage page's blocks; the pages that changed."""
-    return [p for p in stage_pages(root) if write_tables(p)]
+def write_doc_tables(root: Path | None = None) -> list[Path]:
+    """Regenerate every stage page's blocks (docs/stages/ unless `root` says); the pages that changed."""
+    return [p for p in stage_pages(root or STAGE_DOCS) if write_tables(p)]

@@ -105,8 +105,19 @@ def test_every_stage_page_is_linked_from_the_readme():
     assert STAGE_DOCS.is_dir()
 
 
-def test_the_docs_command_rewrites_the_stage_pages(capsys):
+def test_the_docs_command_rewrites_the_stage_pages(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import nbutils.docs
     from nbutils.__main__ import main
 
+    pages = tmp_path / "stages"
+    shutil.copytree(STAGE_DOCS, pages)
+    monkeypatch.setattr(nbutils.docs, "STAGE_DOCS", pages)
     assert main(["docs"]) == 0
-    assert "tables already up to date" in capsys.readouterr().out   # the pages are committed generated
+    assert "tables already up to date" in capsys.readouterr().out   # the committed pages are as generated
+    page = stage_pages(pages)[-1]
+    page.write_text(page.read_text(encoding="utf-8").replace("| parameter |", "| stale |", 1), encoding="utf-8")
+    assert main(["docs"]) == 0
+    assert f"tables updated in {page.name}" in capsys.readouterr().out
+    assert page.read_text(encoding="utf-8") == (STAGE_DOCS / page.name).read_text(encoding="utf-8")
