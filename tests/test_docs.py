@@ -121,3 +121,16 @@ def test_the_docs_command_rewrites_the_stage_pages(tmp_path, monkeypatch, capsys
     assert main(["docs"]) == 0
     assert f"tables updated in {page.name}" in capsys.readouterr().out
     assert page.read_text(encoding="utf-8") == (STAGE_DOCS / page.name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(README.parent)))
+def test_named_files_and_commands_exist(path):
+    """Every `nbutils/...py`, `tests/...py` and `python -m benchmarks.<name>` / `nbutils.<stage>` the docs name exists."""
+    root = README.parent
+    text = path.read_text(encoding="utf-8")
+    files = set(re.findall(r"\b((?:nbutils|tests|benchmarks)/[\w/]+\.(?:py|sh|md))", text))
+    modules = set(re.findall(r"python -m ((?:benchmarks|nbutils)(?:\.\w+)+)", text))
+    missing = [f for f in files if not (root / f).exists()]
+    missing += [m for m in modules if not any((root / m.replace(".", "/")).with_suffix(s).exists() or
+                                              (root / m.replace(".", "/") / "__main__.py").exists() for s in (".py",))]
+    assert not missing, f"{path.relative_to(root)} names what does not exist: {sorted(missing)}"
