@@ -131,6 +131,8 @@ def test_named_files_and_commands_exist(path):
     files = set(re.findall(r"\b((?:nbutils|tests|benchmarks)/[\w/]+\.(?:py|sh|md))", text))
     modules = set(re.findall(r"python -m ((?:benchmarks|nbutils)(?:\.\w+)+)", text))
     missing = [f for f in files if not (root / f).exists()]
-    missing += [m for m in modules if not any((root / m.replace(".", "/")).with_suffix(s).exists() or
-                                              (root / m.replace(".", "/") / "__main__.py").exists() for s in (".py",))]
+    for m in modules:
+        module = root / m.replace(".", "/")
+        if not (module.with_suffix(".py").exists() or (module / "__main__.py").exists()):
+            missing.append(m)
     assert not missing, f"{path.relative_to(root)} names what does not exist: {sorted(missing)}"
