@@ -159,6 +159,7 @@ def finish_trackers(tracking: Tracking) -> None:
 
         if wandb.run is not None:
             wandb.finish()
+        wandb.teardown()   # W&B keeps its settings (WANDB_DIR...) process-wide: a next run in this kernel reads its own
 
 
 def tensorboard_logdir(log: dict, tracking_dir: str | Path) -> str | None:
