@@ -252,6 +252,15 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Yield records; a torn last line (a killed writer) is skipped, any other bad line raises. Lone
     surrogates (escaped `\\ud800` in a line) are replaced, so no later writer or tokenizer chokes on them."""
     p = Path(path)
+    for i, line, rec, err in json_lines(p):
+        if err is not None:
+            raise ValueError(f"{p}: line {i} is not valid JSON ({err})") from err
+        yield fix_strings(rec) if "\\u" in line or not line.isascii() else rec
+
+
+def json_lines(p: Path) -> Iterator[tuple[int, str, Any, json.JSONDecodeError | None]]:
+    """(1-based line number, line, parsed value or None, JSON error or None) of each non-blank line; a torn last
+    line (a killed writer) ends the file quietly."""
     if not p.exists():
         return
     lines = text_lines(decode_text(p.read_bytes(), p))
@@ -259,12 +268,11 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            yield i + 1, line, json.loads(line), None
         except json.JSONDecodeError as e:
             if i == len(lines) - 1 and not line.endswith("\n"):
                 return  # torn tail from a killed process
-            raise ValueError(f"{p}: line {i + 1} is not valid JSON ({e})") from e
-        yield fix_strings(rec) if "\\u" in line or not line.isascii() else rec
+            yield i + 1, line, None, e
 
 
 class BadRecord(ValueError):
@@ -295,22 +303,10 @@ def read_records(path: str | os.PathLike, schema: dict[str, type | tuple], say=p
     """The records of a JSONL file that fit `schema`; each other line (not an object, a field missing or of
     the wrong type, not JSON) is skipped with `file:line: reason`, and the rest go on."""
     p = Path(path)
-    if not p.exists():
-        return
-    lines = text_lines(decode_text(p.read_bytes(), p))
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                return  # torn tail from a killed process
-            why = f"not valid JSON ({e.msg})"
-        else:
-            why = check_record(rec, schema)
+    for i, _line, rec, err in json_lines(p):
+        why = f"not valid JSON ({err.msg})" if err is not None else check_record(rec, schema)
         if why:
-            msg = f"{p}:{i + 1}: skipped: {why}"
+            msg = f"{p}:{i}: skipped: {why}"
             say(msg)
             if skipped is not None:
                 skipped.append(msg)
